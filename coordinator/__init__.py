@@ -1,0 +1,1 @@
+"""The coordinator daemon: gRPC server, round state machine, aggregation, persistence, metrics, audit."""

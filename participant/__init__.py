@@ -1,0 +1,1 @@
+"""The site daemon: local training, DP and masking of its upload, budget ledger, local retrieval."""
