@@ -1,0 +1,238 @@
+"""In-process federation: K sites in one process, one round loop, four methods.
+
+Methods (``Method``):
+- ``pfmh``: personal model (L_sim + L_q) -> personal prototypes -> completion with the global
+  prototypes -> shared model (L_sim + L_q + L_kd + L_con) -> upload prototype statistics (and the
+  shared model in ``prototypes+model`` mode) -> aggregate -> broadcast (PFMH.md, one round).
+- ``fedavg``: one shared model per site trained with L_sim + L_q, FedAvg each round, no prototypes.
+- ``local``: as fedavg without any aggregation (each site alone).
+- ``centralized``: PFMH on the pooled training data of all sites (one site), the upper reference.
+
+fedavg and local train for personal_epochs + shared_epochs per round, the same number of passes
+over the data as pfmh, so the comparison spends equal local compute.
+
+The aggregation step is pluggable (``sum_step``): it receives exactly the vectors sites would
+upload and returns their sum, so the networked coordinator reuses ``aggregate_global`` unchanged.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayout, aggregate_global, sum_vectors
+from pfmh_model.data import MultiModalDataset, Split
+from pfmh_model.errors import ConfigError
+from pfmh_model.evaluation import evaluate, mean_average_precision
+from pfmh_model.prototypes import complete_prototypes, hadamard_centres
+from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
+
+logger = logging.getLogger(__name__)
+
+
+class Method(enum.StrEnum):
+    PFMH = "pfmh"
+    FEDAVG = "fedavg"
+    LOCAL = "local"
+    CENTRALIZED = "centralized"
+
+
+class ShareMode(enum.StrEnum):
+    PROTOTYPES = "prototypes"
+    PROTOTYPES_AND_MODEL = "prototypes+model"
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Knobs of one in-process run (the per-site training knobs live in ``train``)."""
+
+    method: Method = Method.PFMH
+    rounds: int = 10
+    share_mode: ShareMode = ShareMode.PROTOTYPES_AND_MODEL
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+
+    @property
+    def shares_model(self) -> bool:
+        if self.method is Method.FEDAVG:
+            return True
+        return self.method is Method.PFMH and self.share_mode is ShareMode.PROTOTYPES_AND_MODEL
+
+
+@dataclass
+class RoundRecord:
+    """Metrics of one round (mAP values use the binary codes of each site's shared model)."""
+
+    round: int
+    site_map: list[float | None]
+    mean_site_map: float
+    global_map: float | None
+    seconds: float
+    upload_bytes_per_site: int
+    losses: dict[str, float]
+
+
+@dataclass
+class FederationResult:
+    rounds: list[RoundRecord]
+    final_report: dict
+    train_records_per_second: float
+
+
+# Called after every round with the round's record; the CLI prints it.
+RoundCallback = Callable[[RoundRecord], None]
+
+
+def _site_codes(trainer: SiteTrainer, split: Split) -> np.ndarray:
+    if len(split) == 0:
+        return np.zeros((0, trainer.config.bits), dtype=np.float32)
+    return trainer.encode(split, model="shared")
+
+
+class Federation:
+    """K in-process sites sharing one round loop (see module docstring for the methods)."""
+
+    def __init__(self, sites: list[MultiModalDataset], config: FederationConfig, *,
+                 sum_step: SumStep = sum_vectors) -> None:
+        if not sites:
+            raise ConfigError("a federation needs at least one site")
+        self.config = config
+        self.eval_sites = sites
+        self.train_sites = [_pool(sites)] if config.method is Method.CENTRALIZED else sites
+        self.sum_step = sum_step
+        first = sites[0]
+        self.num_classes = first.num_classes
+        bits = config.train.bits
+        # All sites start from one common initialisation (seed of the run): prototypes of
+        # different sites then live in one code space, which summing them requires.
+        self.trainers = [
+            SiteTrainer(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
+                        num_classes=self.num_classes, init_seed=config.train.seed,
+                        batch_seed=config.train.seed * 1000 + k)
+            for k in range(len(self.train_sites))
+        ]
+        centres = hadamard_centres(self.num_classes, bits, rng=np.random.default_rng(config.train.seed))
+        centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        model_size = flatten_state(self.trainers[0].shared_state()).size if config.shares_model else 0
+        uses_protos = config.method in (Method.PFMH, Method.CENTRALIZED)
+        self.layout = UploadLayout(self.num_classes if uses_protos else 0, bits if uses_protos else 0, model_size)
+        self.state = GlobalState(0, centres if uses_protos else None, None)
+
+    # ----------------------------------------------------------------------------- one round
+    def _local_update(self, trainer: SiteTrainer, data: MultiModalDataset) -> tuple[SiteUpload, dict]:
+        cfg = self.config
+        epochs_total = cfg.train.personal_epochs + cfg.train.shared_epochs
+        if cfg.method in (Method.FEDAVG, Method.LOCAL):
+            losses = trainer.train_shared(data.train, prototypes=None, global_prototypes=None,
+                                          epochs=epochs_total, distill=False)
+            return self._upload(trainer, data, None), losses
+        losses = dict(trainer.train_personal(data.train))
+        stats = trainer.prototype_statistics(data.train)
+        global_protos = self.state.prototypes
+        completed = complete_prototypes(stats, global_protos)
+        shared_losses = trainer.train_shared(data.train, prototypes=completed, global_prototypes=global_protos)
+        losses.update({f"shared_{k}": v for k, v in shared_losses.items()})
+        return self._upload(trainer, data, stats), losses
+
+    def _upload(self, trainer: SiteTrainer, data: MultiModalDataset, stats) -> SiteUpload:
+        n_k = float(len(data.train))
+        weighted = n_k * flatten_state(trainer.shared_state()) if self.layout.model_size else None
+        return SiteUpload(stats if self.layout.has_prototypes else None, weighted, n_k)
+
+    def run_round(self) -> dict[str, float]:
+        """Local training at every site, aggregation, broadcast. Returns mean losses."""
+        uploads, all_losses = [], []
+        for trainer, data in zip(self.trainers, self.train_sites, strict=True):
+            upload, losses = self._local_update(trainer, data)
+            uploads.append(upload.to_vector(self.layout))
+            all_losses.append(losses)
+        if self.config.method is not Method.LOCAL:
+            total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
+            self.state = aggregate_global(total, self.state, bits=self.config.train.bits,
+                                          seed=self.config.train.seed)
+            if self.state.shared_model is not None:
+                for trainer in self.trainers:
+                    trainer.load_shared_state(unflatten_state(self.state.shared_model, trainer.shared_state()))
+        else:
+            self.state = GlobalState(self.state.round + 1, None, None)
+        keys = set().union(*all_losses)
+        return {k: float(np.mean([d[k] for d in all_losses if k in d])) for k in sorted(keys)}
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _codes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(query codes, database codes) per evaluation site, each encoded by the model that site holds."""
+        out = []
+        for k, site in enumerate(self.eval_sites):
+            trainer = self.trainers[0] if self.config.method is Method.CENTRALIZED else self.trainers[k]
+            out.append((_site_codes(trainer, site.query), _site_codes(trainer, site.database)))
+        return out
+
+    def evaluate(self) -> tuple[list[float | None], float, float]:
+        """Per-site mAP (own queries vs own archive), their mean, and global mAP (all vs union)."""
+        codes = self._codes()
+        site_map: list[float | None] = []
+        for (q, db), site in zip(codes, self.eval_sites, strict=True):
+            if len(q) == 0 or len(db) == 0:
+                site_map.append(None)
+                continue
+            value = mean_average_precision(q, db, site.query.labels, site.database.labels)
+            site_map.append(None if np.isnan(value) else float(value))
+        valid = [m for m in site_map if m is not None]
+        mean_site = float(np.mean(valid)) if valid else float("nan")
+        q_all, db_all, ql, dl = self._union(codes)
+        global_map = float(mean_average_precision(q_all, db_all, ql, dl))
+        return site_map, mean_site, global_map
+
+    def _union(self, codes):
+        q_all = np.concatenate([q for q, _ in codes])
+        db_all = np.concatenate([db for _, db in codes])
+        ql = np.concatenate([s.query.labels for s in self.eval_sites])
+        dl = np.concatenate([s.database.labels for s in self.eval_sites])
+        return q_all, db_all, ql, dl
+
+    def final_report(self) -> dict:
+        codes = self._codes()
+        return evaluate(*self._union(codes)).to_dict()
+
+    # ----------------------------------------------------------------------------- driver
+    def run(self, *, on_round: RoundCallback | None = None) -> FederationResult:
+        records: list[RoundRecord] = []
+        train_records = sum(len(s.train) for s in self.train_sites)
+        epochs = self.config.train.personal_epochs + self.config.train.shared_epochs
+        train_seconds = 0.0
+        for r in range(1, self.config.rounds + 1):
+            start = time.perf_counter()
+            losses = self.run_round()
+            train_seconds += time.perf_counter() - start
+            last = r == self.config.rounds
+            if r % self.config.eval_every == 0 or last:
+                site_map, mean_site, global_map = self.evaluate()
+            else:
+                site_map, mean_site, global_map = [None] * len(self.eval_sites), float("nan"), None
+            record = RoundRecord(r, site_map, mean_site, global_map, time.perf_counter() - start,
+                                 self.layout.length * 8, losses)
+            records.append(record)
+            if on_round is not None:
+                on_round(record)
+        # Records per second per site: total records processed / training time / number of sites.
+        throughput = train_records * epochs * self.config.rounds / max(train_seconds, 1e-9) / len(self.train_sites)
+        return FederationResult(records, self.final_report(), throughput)
+
+
+def _pool(sites: list[MultiModalDataset]) -> MultiModalDataset:
+    """One site holding every site's training records (the centralized reference)."""
+    def cat(splits: list[Split]) -> Split:
+        return Split(np.concatenate([s.image for s in splits]), np.concatenate([s.text for s in splits]),
+                     np.concatenate([s.labels for s in splits]))
+    return MultiModalDataset("pooled", cat([s.train for s in sites]), cat([s.database for s in sites]),
+                             cat([s.query for s in sites]))
