@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"partition: {args.sites} sites, Dirichlet alpha {args.alpha}, train records per site "
           f"{[len(s.train) for s in sites]}")
     if args.show_partition:
-        print(format_histograms(class_histograms(sites, split="train")))
+        print(format_histograms(class_histograms(sites, split="train"), dataset.class_names))
     train_cfg = _train_config(args)
     results: dict = {"dataset": dataset.describe(), "sites": args.sites, "alpha": args.alpha, "seed": args.seed,
                      "train_config": _jsonable(dataclasses.asdict(train_cfg)), "methods": {}}

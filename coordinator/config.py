@@ -1,0 +1,79 @@
+"""``coordinator.toml``: one frozen dataclass tree, loaded strictly (unknown keys and wrong types raise).
+
+Example: ``deploy/config/coordinator.toml``. Cross-field invariants (min_sites within the enrolled
+sites, a non-empty enrolment list, readable TLS files) are checked at load time.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proto.settings import FederationSettings, SettingsError, load_toml
+
+SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:50051"
+    max_message_mb: int = 64
+    grace_s: float = 5.0
+    long_poll_s: float = 10.0   # longest a long-poll RPC waits before answering PENDING
+    max_workers: int = 64
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca_cert: str
+    cert: str
+    key: str
+    crl: str = ""               # empty: no revocation list (refused unless allow_no_crl)
+    allow_no_crl: bool = False
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    federation: FederationSettings
+    sites: tuple[str, ...]
+    tls: TlsSettings
+    server: ServerSettings = field(default_factory=ServerSettings)
+    state_dir: str = "state/coordinator"
+    metrics_listen: str = ""    # "127.0.0.1:9464" exposes Prometheus metrics; empty: off
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            raise ValueError("sites: enrol at least one site")
+        bad = [s for s in self.sites if not SITE_NAME.match(s)]
+        if bad:
+            raise ValueError(f"sites: invalid site name(s) {bad}; use [a-z0-9-]{{1,63}}")
+        if len(set(self.sites)) != len(self.sites):
+            raise ValueError("sites: duplicate names")
+        if not 1 <= self.federation.min_sites <= len(self.sites):
+            raise ValueError(f"federation.min_sites={self.federation.min_sites} must be within 1..{len(self.sites)} "
+                             "(the number of enrolled sites)")
+        if self.federation.method not in ("pfmh", "fedavg"):
+            raise ValueError(f"federation.method={self.federation.method!r}: choose pfmh or fedavg")
+        if self.federation.share_mode not in ("prototypes", "prototypes+model"):
+            raise ValueError(f"federation.share_mode={self.federation.share_mode!r}: "
+                             "choose prototypes or prototypes+model")
+        if not self.tls.crl and not self.tls.allow_no_crl:
+            raise ValueError("tls.crl is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
+
+
+def load_config(path: str | Path) -> CoordinatorConfig:
+    """Load and validate ``coordinator.toml``; relative paths are taken from the file's folder."""
+    cfg = load_toml(CoordinatorConfig, path)
+    base = Path(path).resolve().parent
+    files = {"tls.ca_cert": cfg.tls.ca_cert, "tls.cert": cfg.tls.cert, "tls.key": cfg.tls.key}
+    if cfg.tls.crl:
+        files["tls.crl"] = cfg.tls.crl
+    for key, value in files.items():
+        if not (base / value).is_file():
+            raise SettingsError(f"{path}: {key} = {value!r}: no such file")
+    return cfg
+
+
+def resolve(path: str | Path, value: str) -> Path:
+    """A config-relative path made absolute."""
+    return (Path(path).resolve().parent / value).resolve()
