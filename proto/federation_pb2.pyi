@@ -129,16 +129,18 @@ class AdvertiseKeysRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., round: _Optional[int] = ..., share_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Advertisement(_message.Message):
-    __slots__ = ("site", "share_public_key", "mask_public_key", "signature")
+    __slots__ = ("site", "share_public_key", "mask_public_key", "signature", "certificate_pem")
     SITE_FIELD_NUMBER: _ClassVar[int]
     SHARE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     site: str
     share_public_key: bytes
     mask_public_key: bytes
     signature: bytes
-    def __init__(self, site: _Optional[str] = ..., share_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    certificate_pem: bytes
+    def __init__(self, site: _Optional[str] = ..., share_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class Advertisements(_message.Message):
     __slots__ = ("status", "round", "advertisements")

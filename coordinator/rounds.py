@@ -1,0 +1,376 @@
+"""The coordinator's round engine: cohort selection, phase deadlines, secure aggregation, aggregation.
+
+One driver thread walks each round through its phases (``RoundPhase``); gRPC handler threads hand
+in messages (``submit_*``) and long-poll for the next phase's output (``await_*``). All shared
+state sits behind one ``threading.Condition``. A phase closes when every expected site has
+submitted or its deadline passes; sites that sent nothing count as dropped. Below the
+threshold the round aborts (``RoundAborted``), nothing is revealed, and the next round starts.
+
+All arithmetic and crypto live elsewhere: ``security.secagg_server`` unmasks the sum;
+``pfmh_model.aggregation`` turns it into global prototypes and the FedAvg model.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.persistence import CoordinatorState, StateStore
+from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout, aggregate_global
+from proto.settings import FederationSettings
+from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
+from security.secagg_config import SecAggConfig
+from security.secagg_messages import (
+    AdvertiseKeys,
+    EncryptedShare,
+    KeyDirectory,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from security.secagg_server import SecAggServer
+
+logger = logging.getLogger(__name__)
+
+
+class RoundPhase(enum.StrEnum):
+    ADVERTISE = "advertise_keys"   # sites train locally, then advertise keys
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+_ORDER = list(RoundPhase)
+
+
+class Poll(enum.StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    ABORTED = "aborted"
+    FINISHED = "finished"
+
+
+@dataclass
+class RoundRun:
+    """One round in flight (or just ended)."""
+
+    number: int
+    cohort: tuple[str, ...]
+    server: SecAggServer
+    start_state: GlobalState
+    started: float
+    phase: RoundPhase = RoundPhase.ADVERTISE
+    phase_started: float = 0.0
+    submitted: set[str] = field(default_factory=set)
+    certificates: dict[str, bytes] = field(default_factory=dict)
+    directory: KeyDirectory | None = None
+    inbox: dict[str, tuple[EncryptedShare, ...]] | None = None
+    unmask_request: UnmaskRequest | None = None
+    result: GlobalState | None = None
+    survivors: tuple[str, ...] = ()
+    abort_reason: str = ""
+
+    def reached(self, phase: RoundPhase) -> bool:
+        """Whether the round has moved past ``phase`` (an aborted round has passed every phase)."""
+        return self.phase is RoundPhase.ABORTED or _ORDER.index(self.phase) > _ORDER.index(phase)
+
+
+class RoundEngine:
+    """Runs rounds until ``settings.rounds`` have completed.
+
+    Args:
+        settings: the federation settings (also sent to sites).
+        sites: enrolled site ids.
+        layout: the upload vector layout of this federation.
+        store: crash-safe state; a restarted engine resumes after the last completed round.
+        metrics: Prometheus collector.
+        liveness_s: a site counts as live if it called within this many seconds.
+        gather_s: once ``min_sites`` are live, wait at most this long for the other enrolled sites.
+        clock: monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, settings: FederationSettings, *, sites: tuple[str, ...], layout: UploadLayout,
+                 store: StateStore, metrics: CoordinatorMetrics, liveness_s: float = 30.0, gather_s: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.sites = sites
+        self.layout = layout
+        self.store = store
+        self.metrics = metrics
+        self.liveness_s = liveness_s
+        self.gather_s = gather_s
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.state: CoordinatorState = store.load()
+        self.runs: dict[int, RoundRun] = {}
+        self.current: RoundRun | None = None
+        self.last_seen: dict[str, float] = {}
+        self.stopping = False
+        metrics.completed_rounds.set(self.state.completed_rounds)
+        metrics.current_round.set(self.state.last_round_started)
+        if self.state.completed_rounds:
+            logger.info("resuming after round %d (%d rounds completed)", self.state.last_round_started,
+                        self.state.completed_rounds)
+
+    # ------------------------------------------------------------------ state helpers
+    @property
+    def finished(self) -> bool:
+        return self.state.completed_rounds >= self.settings.rounds
+
+    def global_state(self) -> GlobalState:
+        return GlobalState(self.state.completed_rounds, self.state.prototypes, self.state.shared_model)
+
+    def live_sites(self) -> list[str]:
+        now = self.clock()
+        return sorted(s for s, t in self.last_seen.items() if now - t <= self.liveness_s)
+
+    def touch(self, site: str) -> None:
+        with self.cond:
+            self.last_seen[site] = self.clock()
+            self.cond.notify_all()
+
+    def _run(self, round_number: int, phase: RoundPhase) -> RoundRun:
+        run = self.runs.get(round_number)
+        if run is None:
+            raise InvalidMessage(f"round {round_number} is not in progress (current round: "
+                                 f"{self.current.number if self.current else 'none'})")
+        if run.phase is not phase:
+            raise StageOutOfOrder(f"round {round_number} is in phase {run.phase}, not {phase}")
+        return run
+
+    def _await(self, site: str, round_number: int, phase: RoundPhase, timeout_s: float) -> RoundRun | None:
+        """Wait until round ``round_number`` has moved past ``phase``; None if it is unknown."""
+        deadline = self.clock() + timeout_s
+        with self.cond:
+            self.last_seen[site] = self.clock()
+            while True:
+                run = self.runs.get(round_number)
+                if run is None or run.reached(phase) or self.stopping:
+                    return run
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    return run
+                self.cond.wait(remaining)
+
+    # ------------------------------------------------------------------ participant-facing
+    def await_round(self, site: str, after_round: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
+        """Long-poll for a round that includes ``site`` and is numbered after ``after_round``."""
+        deadline = self.clock() + timeout_s
+        with self.cond:
+            while True:
+                self.last_seen[site] = self.clock()
+                self.cond.notify_all()
+                run = self.current
+                if (run is not None and run.number > after_round and site in run.cohort
+                        and run.phase is RoundPhase.ADVERTISE):
+                    return Poll.READY, run
+                if self.finished:
+                    return Poll.FINISHED, None
+                remaining = deadline - self.clock()
+                if remaining <= 0 or self.stopping:
+                    return Poll.PENDING, None
+                self.cond.wait(min(remaining, 1.0))
+
+    def submit_advertisement(self, site: str, message: AdvertiseKeys, certificate_pem: bytes) -> None:
+        with self.cond:
+            run = self._run(message.round, RoundPhase.ADVERTISE)
+            run.server.receive_advertisement(site, message)
+            run.certificates[site] = certificate_pem
+            run.submitted.add(site)
+            self.cond.notify_all()
+
+    def await_directory(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
+        return self._poll(self._await(site, round_number, RoundPhase.ADVERTISE, timeout_s), RoundPhase.ADVERTISE)
+
+    def submit_shares(self, site: str, round_number: int, shares: list[EncryptedShare]) -> None:
+        with self.cond:
+            run = self._run(round_number, RoundPhase.SHARE_KEYS)
+            run.server.receive_shares(site, shares)
+            run.submitted.add(site)
+            self.cond.notify_all()
+
+    def await_inbox(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
+        return self._poll(self._await(site, round_number, RoundPhase.SHARE_KEYS, timeout_s), RoundPhase.SHARE_KEYS)
+
+    def submit_masked_input(self, site: str, message: MaskedInput) -> None:
+        with self.cond:
+            run = self._run(message.round, RoundPhase.MASKED_INPUT)
+            run.server.receive_masked_input(site, message)
+            run.submitted.add(site)
+            self.cond.notify_all()
+
+    def await_unmask_request(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
+        run = self._await(site, round_number, RoundPhase.MASKED_INPUT, timeout_s)
+        return self._poll(run, RoundPhase.MASKED_INPUT)
+
+    def submit_unmask(self, site: str, message: UnmaskResponse) -> None:
+        with self.cond:
+            run = self._run(message.round, RoundPhase.UNMASK)
+            run.server.receive_unmask_response(site, message)
+            run.submitted.add(site)
+            self.cond.notify_all()
+
+    def await_result(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
+        return self._poll(self._await(site, round_number, RoundPhase.UNMASK, timeout_s), RoundPhase.UNMASK)
+
+    def _poll(self, run: RoundRun | None, phase: RoundPhase) -> tuple[Poll, RoundRun | None]:
+        if run is None:
+            return Poll.ABORTED, None
+        if run.phase is RoundPhase.ABORTED:
+            return Poll.ABORTED, run
+        return (Poll.READY if run.reached(phase) else Poll.PENDING), run
+
+    # ------------------------------------------------------------------ driver
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def run_forever(self) -> None:
+        """Drive rounds until finished or ``stop()``; meant for a dedicated thread."""
+        while True:
+            with self.cond:
+                if self.stopping or self.finished:
+                    return
+            cohort = self._gather()
+            if cohort:
+                self._run_round(cohort)
+
+    def _gather(self) -> tuple[str, ...] | None:
+        """Wait for ``min_sites`` live sites, then up to ``gather_s`` more for the rest of the enrolled ones."""
+        with self.cond:
+            first_ready: float | None = None
+            while not self.stopping:
+                live = self.live_sites()
+                self.metrics.live_sites.set(len(live))
+                if len(live) >= self.settings.min_sites:
+                    first_ready = first_ready or self.clock()
+                    if len(live) == len(self.sites) or self.clock() - first_ready >= self.gather_s:
+                        return tuple(live)
+                else:
+                    first_ready = None
+                self.cond.wait(0.2)
+        return None
+
+    def _wait_phase(self, run: RoundRun, expected: set[str], timeout_s: float) -> None:
+        deadline = self.clock() + timeout_s
+        with self.cond:
+            while not self.stopping and not expected <= run.submitted:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    break
+                self.cond.wait(min(remaining, 0.5))
+            if self.stopping:
+                raise RoundAborted("coordinator is shutting down")
+
+    def _advance(self, run: RoundRun, phase: RoundPhase, expected: set[str]) -> None:
+        """Close the current phase (dropouts = expected sites that sent nothing) and open ``phase``."""
+        now = self.clock()
+        self.metrics.phase_seconds.labels(run.phase.value).observe(now - run.phase_started)
+        for site in sorted(expected - run.submitted):
+            self.metrics.dropouts.labels(self.metrics.site(site), run.phase.value).inc()
+            logger.warning("round %d: %s dropped out in %s", run.number, site, run.phase)
+        run.phase, run.phase_started = phase, now
+        run.submitted = set()
+        self.cond.notify_all()
+
+    def _start(self, cohort: tuple[str, ...]) -> RoundRun:
+        with self.cond:
+            self.state.last_round_started += 1
+            number = self.state.last_round_started
+            self.store.save_round_started(self.state)  # write-ahead: round numbers are never reused
+            config = SecAggConfig(federation_id=self.settings.federation_id, vector_length=self.layout.length,
+                                  fraction_bits=self.settings.secagg.fraction_bits,
+                                  max_abs_value=self.settings.secagg.max_abs_value,
+                                  neighbours=self.settings.secagg.neighbours or None,
+                                  threshold=self.settings.secagg.threshold or None)
+            run = RoundRun(number, cohort, SecAggServer(config, cohort, round_number=number), self.global_state(),
+                           started=self.clock(), phase_started=self.clock())
+            self.runs[number] = run
+            for old in [n for n in self.runs if n < number - 2]:
+                del self.runs[old]
+            self.current = run
+            self.metrics.rounds_started.inc()
+            self.metrics.current_round.set(number)
+            self.metrics.cohort_size.set(len(cohort))
+            self.cond.notify_all()
+        logger.info("round %d started with cohort %s", number, ", ".join(cohort))
+        return run
+
+    def _run_round(self, cohort: tuple[str, ...]) -> None:
+        try:
+            run = self._start(cohort)
+        except SecurityError as exc:  # e.g. an unsafe threshold for this cohort size
+            logger.error("cannot start a round with %d sites: %s", len(cohort), exc)
+            with self.cond:
+                self.cond.wait(self.gather_s)
+            return
+        s = self.settings
+        try:
+            self._wait_phase(run, set(cohort), s.train_timeout_s)
+            with self.cond:
+                run.directory = run.server.close_advertisements()
+                self._advance(run, RoundPhase.SHARE_KEYS, set(cohort))
+            advertised = {a.site_id for a in run.directory.advertisements}
+            self._wait_phase(run, advertised, s.phase_timeout_s)
+            with self.cond:
+                run.inbox = run.server.close_shares()
+                self._advance(run, RoundPhase.MASKED_INPUT, advertised)
+            shared = set(run.inbox)
+            self._wait_phase(run, shared, s.phase_timeout_s)
+            with self.cond:
+                run.unmask_request = run.server.close_masked_inputs()
+                self._advance(run, RoundPhase.UNMASK, shared)
+            survivors = set(run.unmask_request.survivors)
+            self._wait_phase(run, survivors, s.phase_timeout_s)
+            with self.cond:
+                aggregate = run.server.finish()
+                self._complete(run, aggregate.total, aggregate.survivors, survivors)
+        except RoundAborted as exc:
+            self._abort(run, exc.reason)
+
+    def _complete(self, run: RoundRun, total, survivors: tuple[str, ...], expected: set[str]) -> None:
+        summed = SiteUpload.from_vector(total, self.layout)
+        bits = int(self.settings.train.get("bits", 32))
+        new = aggregate_global(summed, run.start_state, bits=bits, seed=int(self.settings.train.get("seed", 0)))
+        self.state.completed_rounds += 1
+        self.state.prototypes, self.state.shared_model = new.prototypes, new.shared_model
+        seconds = self.clock() - run.started
+        self.state.history.append({"round": run.number, "outcome": "completed", "survivors": list(survivors),
+                                   "cohort": list(run.cohort), "seconds": round(seconds, 3)})
+        self.store.save_round_outcome(self.state, completed=True)  # before anyone can see the result
+        run.result = GlobalState(self.state.completed_rounds, new.prototypes, new.shared_model)
+        run.survivors = survivors
+        self._advance(run, RoundPhase.DONE, expected)
+        self.metrics.rounds_completed.inc()
+        self.metrics.completed_rounds.set(self.state.completed_rounds)
+        self.metrics.round_seconds.observe(seconds)
+        self.metrics.upload_bytes.set(self.layout.length * 8)
+        logger.info("round %d completed (%d/%d) with %d survivors in %.1fs", run.number,
+                    self.state.completed_rounds, self.settings.rounds, len(survivors), seconds)
+
+    def _abort(self, run: RoundRun, reason: str) -> None:
+        with self.cond:
+            run.abort_reason = reason
+            self.metrics.phase_seconds.labels(run.phase.value).observe(self.clock() - run.phase_started)
+            run.phase = RoundPhase.ABORTED
+            self.state.history.append({"round": run.number, "outcome": "aborted", "reason": reason,
+                                       "cohort": list(run.cohort)})
+            self.store.save_round_outcome(self.state, completed=False)
+            self.metrics.rounds_aborted.labels(_reason_label(reason)).inc()
+            self.cond.notify_all()
+        logger.warning("round %d aborted: %s (nothing revealed)", run.number, reason)
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded metric label for an abort reason."""
+    for key in ("threshold", "shutting down", "reconstruct", "match"):
+        if key in reason:
+            return key.replace(" ", "_")
+    return "other"
