@@ -1,0 +1,200 @@
+"""The gRPC servicer: translates ``pfmh.v1`` messages to domain types and back, nothing more.
+
+The sender of every message is ``current_site()`` (from the verified certificate); site fields in
+messages are filled by the coordinator, never trusted. Payload checks live in the domain
+objects (``security.secagg_messages`` validate on construction, ``SecAggServer`` checks rounds,
+senders, duplicates and lengths); errors become statuses in ``coordinator.interceptors``.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from coordinator.auth import current_site
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.rounds import Poll, RoundEngine
+from proto import federation_pb2 as pb
+from proto import federation_pb2_grpc as pb_grpc
+from proto.settings import PROTOCOL_VERSION
+from proto.tensors import to_tensor
+from security.errors import InvalidMessage
+from security.secagg_messages import AdvertiseKeys, EncryptedShare, MaskedInput, RevealedShare, UnmaskResponse
+
+logger = logging.getLogger(__name__)
+POLL = {Poll.PENDING: pb.PENDING, Poll.READY: pb.READY, Poll.ABORTED: pb.ABORTED, Poll.FINISHED: pb.FINISHED}
+# Longest list a site may send in one message; real ones hold one entry per neighbour.
+MAX_LIST_ITEMS = 4096
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    """Thin RPC layer over ``RoundEngine``.
+
+    Args:
+        engine: the round engine.
+        metrics: for site reports (epsilon, mAP).
+        long_poll_s: longest wait of a long-poll RPC before it answers PENDING.
+        on_ledger: called with (site, ledger lines, certificate PEM) when a site reports its ledger;
+            returns the number of verified entries.
+    """
+
+    def __init__(self, engine: RoundEngine, metrics: CoordinatorMetrics, *, long_poll_s: float,
+                 on_ledger: Callable[[str, list[str], bytes], int]) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.long_poll_s = long_poll_s
+        self.on_ledger = on_ledger
+        self.settings = engine.settings
+
+    def _check_federation(self, federation_id: str) -> None:
+        if federation_id != self.settings.federation_id:
+            raise InvalidMessage(f"federation {federation_id!r} is not {self.settings.federation_id!r}")
+
+    def _wait_s(self, context: grpc.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        wait = self.long_poll_s if remaining is None else min(self.long_poll_s, max(remaining - 0.5, 0.0))
+        return wait
+
+    # ------------------------------------------------------------------ join and round config
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        self._check_federation(request.federation_id)
+        s = self.settings
+        if request.protocol_version != PROTOCOL_VERSION:
+            raise InvalidMessage(f"protocol version {request.protocol_version} is not {PROTOCOL_VERSION}")
+        dims = (request.image_dim, request.text_dim, request.num_classes)
+        if dims != (s.image_dim, s.text_dim, s.num_classes):
+            raise InvalidMessage(f"site data has (image_dim, text_dim, classes) = {dims}, the federation "
+                                 f"uses {(s.image_dim, s.text_dim, s.num_classes)}")
+        site = current_site()
+        self.engine.touch(site)
+        logger.info("site %s joined (%d training records)", site, request.num_train_records)
+        return pb.JoinReply(federation_id=s.federation_id, protocol_version=PROTOCOL_VERSION,
+                            settings_json=s.to_json(), enrolled_sites=list(self.engine.sites),
+                            next_round=self.engine.state.last_round_started + 1)
+
+    def WaitForRound(self, request: pb.WaitForRoundRequest, context: grpc.ServicerContext) -> pb.RoundConfig:
+        self._check_federation(request.federation_id)
+        status, run = self.engine.await_round(current_site(), request.after_round, self._wait_s(context))
+        reply = pb.RoundConfig(status=POLL[status], federation_id=self.settings.federation_id,
+                               completed_rounds=self.engine.state.completed_rounds)
+        if run is None:
+            return reply
+        plan = run.server.plan
+        reply.round = run.number
+        reply.cohort.extend(run.cohort)
+        reply.threshold, reply.neighbours = plan.threshold, plan.neighbours
+        reply.fraction_bits = self.settings.secagg.fraction_bits
+        reply.max_abs_value = self.settings.secagg.max_abs_value
+        reply.vector_length = self.engine.layout.length
+        reply.global_prototypes.CopyFrom(to_tensor(run.start_state.prototypes))
+        reply.shared_model.CopyFrom(to_tensor(run.start_state.shared_model))
+        reply.phase_timeout_s, reply.train_timeout_s = self.settings.phase_timeout_s, self.settings.train_timeout_s
+        return reply
+
+    # ------------------------------------------------------------------ secure aggregation phases
+    def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        site = current_site()
+        message = AdvertiseKeys(request.federation_id, request.round, site, request.share_public_key,
+                                request.mask_public_key, request.signature)
+        certificate = context.auth_context()["x509_pem_cert"][0]
+        self.engine.submit_advertisement(site, message, certificate)
+        return pb.Ack(round=request.round)
+
+    def GetAdvertisements(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.Advertisements:
+        self._check_federation(request.federation_id)
+        status, run = self.engine.await_directory(current_site(), request.round, self._wait_s(context))
+        reply = pb.Advertisements(status=POLL[status], round=request.round)
+        if status is Poll.READY and run is not None and run.directory is not None:
+            reply.advertisements.extend(
+                pb.Advertisement(site=a.site_id, share_public_key=a.share_public_key,
+                                 mask_public_key=a.mask_public_key, signature=a.signature,
+                                 certificate_pem=run.certificates[a.site_id])
+                for a in run.directory.advertisements)
+        return reply
+
+    def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        if len(request.shares) > MAX_LIST_ITEMS:
+            raise InvalidMessage(f"{len(request.shares)} shares > {MAX_LIST_ITEMS}")
+        site = current_site()
+        shares = [EncryptedShare(request.federation_id, request.round, site, s.recipient, s.nonce, s.ciphertext)
+                  for s in request.shares]
+        self.engine.submit_shares(site, request.round, shares)
+        return pb.Ack(round=request.round)
+
+    def GetShares(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.SharesForSite:
+        self._check_federation(request.federation_id)
+        site = current_site()
+        status, run = self.engine.await_inbox(site, request.round, self._wait_s(context))
+        reply = pb.SharesForSite(status=POLL[status], round=request.round)
+        if status is Poll.READY and run is not None and run.inbox is not None:
+            reply.shares.extend(pb.EncryptedShare(sender=s.sender, recipient=s.recipient, nonce=s.nonce,
+                                                  ciphertext=s.ciphertext) for s in run.inbox.get(site, ()))
+        return reply
+
+    def SubmitMaskedInput(self, request: pb.MaskedInputRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        if request.vector_length * 8 != len(request.masked_uint64_le):
+            raise InvalidMessage(f"vector_length {request.vector_length} does not match "
+                                 f"{len(request.masked_uint64_le)} bytes")
+        message = MaskedInput(request.federation_id, request.round, current_site(), request.masked_uint64_le)
+        self.engine.submit_masked_input(current_site(), message)
+        return pb.Ack(round=request.round)
+
+    def GetUnmaskRequest(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.UnmaskRequest:
+        self._check_federation(request.federation_id)
+        status, run = self.engine.await_unmask_request(current_site(), request.round, self._wait_s(context))
+        reply = pb.UnmaskRequest(status=POLL[status], round=request.round)
+        if status is Poll.READY and run is not None and run.unmask_request is not None:
+            reply.survivors.extend(run.unmask_request.survivors)
+            reply.dropouts.extend(run.unmask_request.dropouts)
+        return reply
+
+    def Unmask(self, request: pb.UnmaskReply, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        if len(request.self_seed_shares) + len(request.mask_key_shares) > MAX_LIST_ITEMS:
+            raise InvalidMessage(f"more than {MAX_LIST_ITEMS} revealed shares")
+        message = UnmaskResponse(request.federation_id, request.round, current_site(),
+                                 tuple(RevealedShare(s.owner, s.share) for s in request.self_seed_shares),
+                                 tuple(RevealedShare(s.owner, s.share) for s in request.mask_key_shares))
+        self.engine.submit_unmask(current_site(), message)
+        return pb.Ack(round=request.round)
+
+    def GetRoundResult(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.RoundResult:
+        self._check_federation(request.federation_id)
+        status, run = self.engine.await_result(current_site(), request.round, self._wait_s(context))
+        reply = pb.RoundResult(status=POLL[status], round=request.round,
+                               completed_rounds=self.engine.state.completed_rounds)
+        if run is not None:
+            reply.abort_reason = run.abort_reason
+            if status is Poll.READY and run.result is not None:
+                reply.global_prototypes.CopyFrom(to_tensor(run.result.prototypes))
+                reply.shared_model.CopyFrom(to_tensor(run.result.shared_model))
+                reply.survivors.extend(run.survivors)
+        return reply
+
+    # ------------------------------------------------------------------ audit and status
+    def ReportLedger(self, request: pb.LedgerReport, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        if len(request.lines) > 100_000:
+            raise InvalidMessage("ledger report too long")
+        count = self.on_ledger(current_site(), list(request.lines), context.auth_context()["x509_pem_cert"][0])
+        return pb.Ack(detail=f"{count} entries verified")
+
+    def ReportMetrics(self, request: pb.SiteMetrics, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        self.metrics.record_site_report(current_site(), bits=request.bits, map_value=request.map,
+                                        epsilon_spent=request.epsilon_spent, epsilon_max=request.epsilon_max,
+                                        noise_multiplier=request.noise_multiplier)
+        return pb.Ack(round=request.round)
+
+    def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        engine = self.engine
+        run = engine.current
+        return pb.StatusReply(federation_id=self.settings.federation_id,
+                              round=run.number if run else engine.state.last_round_started,
+                              completed_rounds=engine.state.completed_rounds,
+                              stage=run.phase.value if run else "waiting", live_sites=engine.live_sites(),
+                              enrolled_sites=list(engine.sites))

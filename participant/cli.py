@@ -1,0 +1,114 @@
+"""``pfmh-participant``: ``join --site NAME --config site.toml``, ``search ...``, ``budget ...``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from participant.config import load_config
+from proto.settings import SettingsError
+from security.errors import SecurityError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pfmh-participant", description="A site of a pfmh federation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    join = sub.add_parser("join", help="take part in the federation until it finishes")
+    join.add_argument("--site", required=True, help="this site's id (must match the config and certificate)")
+    join.add_argument("--config", required=True, type=Path, help="site.toml")
+    join.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    search = sub.add_parser("search", help="search this site's archive with the learned binary codes")
+    search.add_argument("--config", required=True, type=Path, help="site.toml")
+    search.add_argument("--query", type=int, nargs="*", default=None,
+                        help="row numbers of the site's own query split (default: all, reporting mAP)")
+    search.add_argument("-k", type=int, default=10, help="results per query")
+    try:
+        from participant.budget_cli import add_budget_command
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        add_budget_command(sub)
+    return parser
+
+
+def join(args: argparse.Namespace) -> int:
+    from participant.site import SiteDaemon
+
+    cfg = load_config(args.config)
+    if args.site != cfg.site:
+        raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def show(report) -> None:  # noqa: ANN001
+        status = "ok" if report.completed else "skipped"
+        mean_ap = "-" if report.map is None else f"{report.map:.3f}"
+        print(f"{cfg.site}: round {report.round} {status}  mAP {mean_ap}  epsilon {report.epsilon:.3f}  "
+              f"sent {report.bytes_sent:,} B  received {report.bytes_received:,} B  {report.seconds:.1f}s  "
+              f"{report.detail}", flush=True)
+
+    daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show)
+    return daemon.run()
+
+
+def search(args: argparse.Namespace) -> int:
+    from pfmh_model.data import load_h5
+    from pfmh_model.evaluation import mean_average_precision
+    from pfmh_model.retrieval import HammingIndex
+    from pfmh_model.trainer_factory import make_trainer
+    from proto.settings import FederationSettings
+
+    cfg = load_config(args.config)
+    base = args.config.resolve().parent
+    state = base / cfg.state_dir
+    if not (state / "index.npz").is_file() or not (state / "trainer.pt").is_file():
+        raise SettingsError(f"no trained model in {state}: run `pfmh-participant join` first")
+    settings = FederationSettings.from_json((state / "settings.json").read_text())
+    data = load_h5(base / cfg.data)
+    dp = settings.privacy.mode != "off" and settings.share_mode == "prototypes+model" and settings.method == "pfmh"
+    trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
+                           num_classes=settings.num_classes, dp_compatible=dp)
+    trainer.load_snapshot(state / "trainer.pt")
+    index = HammingIndex.load(state / "index.npz")
+    rows = np.arange(len(data.query)) if args.query is None else np.asarray(args.query, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= len(data.query)):
+        raise SettingsError(f"--query rows must be within 0..{len(data.query) - 1}")
+    queries = data.query.subset(rows)
+    codes = trainer.encode(queries, model="shared")
+    result = index.search(codes, args.k)
+    for row, idx, dist in zip(rows[:20], result.indices[:20], result.distances[:20], strict=False):
+        hits = [f"{int(i)}(d={int(d)})" for i, d in zip(idx, dist, strict=True)]
+        print(f"query {int(row)}: " + " ".join(hits))
+    if len(rows) > 20:
+        print(f"... {len(rows) - 20} more queries")
+    if args.query is None and len(rows):
+        value = mean_average_precision(codes, trainer.encode(data.database, model="shared"), queries.labels,
+                                       data.database.labels)
+        print(f"mAP of {len(rows)} own queries against own archive ({len(index)} codes): {value:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
+                        format="%(asctime)s participant %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "join":
+            return join(args)
+        if args.command == "search":
+            return search(args)
+        from participant.budget_cli import run_budget
+        return run_budget(args)
+    except (SettingsError, SecurityError, OSError) as exc:
+        print(f"pfmh-participant: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""The site daemon: join, then for every round train locally, privatise, mask, upload, apply the result.
+
+Orchestration only: training is ``pfmh_model``, DP and masking are ``security``, the wire is
+``participant.client``. State that must survive a crash (trainer snapshot, last round, ledger)
+is written atomically after every completed round; a restarted site resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from participant.client import CoordinatorClient, RoundAbandoned
+from participant.config import SiteConfig
+from participant.dp_sgd import planned_release, train_shared_dp_sgd
+from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
+from pfmh_model.aggregation import UploadLayout
+from pfmh_model.data import MultiModalDataset, load_h5
+from pfmh_model.evaluation import mean_average_precision
+from pfmh_model.local_round import initial_prototypes, make_upload, train_fedavg_site, train_pfmh_site
+from pfmh_model.prototypes import PrototypeStats
+from pfmh_model.retrieval import HammingIndex
+from pfmh_model.trainer_factory import make_trainer
+from pfmh_model.training import flatten_state, unflatten_state
+from proto import federation_pb2 as pb
+from proto.settings import PROTOCOL_VERSION, FederationSettings
+from proto.tensors import from_tensor
+from security.dp_sensitivity import l2_sensitivity
+from security.errors import BudgetExceeded, SecurityError
+from security.pki import Role
+from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
+from security.secagg_client import SecAggClient
+from security.secagg_config import SecAggConfig
+from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest
+from security.signing import SigningKey, VerifyKey
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundReport:
+    """What the site prints and reports after a round."""
+
+    round: int
+    completed: bool
+    map: float | None
+    epsilon: float
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+    detail: str = ""
+
+
+class SiteDaemon:
+    """One site of the federation.
+
+    Args:
+        cfg: the site config.
+        base: folder that relative paths in ``cfg`` are taken from.
+        stop: set it to leave after the current step (SIGTERM handler).
+        on_round: called with each ``RoundReport`` (the CLI prints them).
+    """
+
+    def __init__(self, cfg: SiteConfig, *, base: Path, stop: threading.Event | None = None,
+                 on_round=None) -> None:  # noqa: ANN001
+        self.cfg, self.base = cfg, base
+        self.stop = stop or threading.Event()
+        self.on_round = on_round or (lambda report: None)
+        self.state_dir = base / cfg.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.bytes = {"sent": 0, "received": 0}
+        self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
+        self.data: MultiModalDataset = load_h5(base / cfg.data)
+        self.ca_cert = load_certificate(base / cfg.tls.ca_cert)
+        self.crl = load_crl(base / cfg.tls.crl, ca_cert=self.ca_cert) if cfg.tls.crl else None
+        self.signing_key = SigningKey.load(base / cfg.tls.signing_key, passphrase=None)
+
+    def _count(self, kind: str, sent: int, received: int) -> None:
+        self.bytes["sent"] += sent
+        self.bytes["received"] += received
+
+    # ------------------------------------------------------------------ setup
+    def join(self) -> FederationSettings:
+        d = self.data
+        reply = self.client.call("Join", pb.JoinRequest(
+            federation_id=self.cfg.federation_id, protocol_version=PROTOCOL_VERSION,
+            num_train_records=len(d.train), image_dim=d.image_dim, text_dim=d.text_dim, num_classes=d.num_classes))
+        settings = FederationSettings.from_json(reply.settings_json)
+        (self.state_dir / "settings.json").write_text(reply.settings_json)  # for `search` after the run
+        logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
+                    len(reply.enrolled_sites))
+        return settings
+
+    def _setup(self, settings: FederationSettings) -> None:
+        self.settings = settings
+        self.dp_sgd = settings.privacy.mode != "off" and settings.share_mode == "prototypes+model" \
+            and settings.method == "pfmh"
+        torch.set_num_threads(self.cfg.threads)
+        self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
+                                    num_classes=settings.num_classes, dp_compatible=self.dp_sgd,
+                                    batch_seed=sum(self.cfg.site.encode()))
+        bits = self.trainer.config.bits
+        shares_model = settings.method == "fedavg" or settings.share_mode == "prototypes+model"
+        protos = settings.method == "pfmh"
+        self.layout = UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
+                                   flatten_state(self.trainer.shared_state()).size if shares_model else 0)
+        self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed)
+        self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
+                                   ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
+                                   site=self.cfg.site, min_cohort=settings.min_sites)
+        if self.cfg.privacy.require_dp and not self.privacy.enabled:
+            raise SecurityError("the federation's DP mode is 'off' but this site requires DP "
+                                "(privacy.require_dp = true in its config); not joining")
+        self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=SecAggConfig(
+            federation_id=settings.federation_id, vector_length=self.layout.length,
+            fraction_bits=settings.secagg.fraction_bits, max_abs_value=settings.secagg.max_abs_value,
+            neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None))
+        self.after_round = 0
+        self._restore()
+
+    def _restore(self) -> None:
+        meta, snapshot = self.state_dir / "site_state.json", self.state_dir / "trainer.pt"
+        if meta.is_file() and snapshot.is_file():
+            state = json.loads(meta.read_text())
+            self.trainer.load_snapshot(snapshot)
+            self.after_round = int(state["after_round"])
+            if state.get("prototypes") is not None:
+                self.prototypes = np.asarray(state["prototypes"], dtype=np.float64)
+            logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
+
+    def _checkpoint(self) -> None:
+        self.trainer.save_snapshot(self.state_dir / "trainer.pt")
+        meta = {"after_round": self.after_round, "prototypes": self.prototypes.tolist()}
+        tmp = self.state_dir / ".site_state.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(self.state_dir / "site_state.json")
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        """Take part until the federation finishes, the budget is spent, or ``stop`` is set."""
+        self._setup(self.join())
+        while not self.stop.is_set():
+            config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
+                federation_id=self.settings.federation_id, after_round=self.after_round),
+                timeout_s=self.cfg.rpc_timeout_s + 15)
+            if config.status == pb.FINISHED:
+                logger.info("%s: the federation has finished its rounds", self.cfg.site)
+                break
+            if config.status != pb.READY:
+                continue
+            try:
+                self._round(config)
+            except BudgetExceeded as exc:
+                logger.error("%s stops uploading: %s", self.cfg.site, exc)
+                self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0,
+                                          f"budget: {exc}"))
+                break
+            except (RoundAbandoned, SecurityError) as exc:
+                self.secagg.abort()
+                logger.warning("%s: round %d abandoned: %s", self.cfg.site, config.round, exc)
+                self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0, str(exc)))
+            self.after_round = config.round
+            self._checkpoint()
+        self.build_index()
+        self.privacy.close()
+        self.client.close()
+        return 0
+
+    def _apply_global(self, prototypes: np.ndarray | None, model: np.ndarray | None) -> None:
+        if prototypes is not None:
+            self.prototypes = prototypes
+        if model is not None:
+            self.trainer.load_shared_state(unflatten_state(model, self.trainer.shared_state()))
+
+    def _planned_releases(self) -> list[Release]:
+        """The DP releases this round's upload will make (checked against the budget before training)."""
+        s, releases = self.settings, []
+        if self.privacy.enabled and s.method == "pfmh":
+            releases.append(Release(PROTOTYPE_MECHANISM, s.privacy.noise_multiplier,
+                                    l2_sensitivity(label_cap=self.privacy.label_cap), 1.0, 1))
+        if self.dp_sgd:
+            releases.append(planned_release(self.trainer, len(self.data.train),
+                                            noise_multiplier=s.privacy.dp_sgd_noise_multiplier,
+                                            max_grad_norm=s.privacy.dp_sgd_max_grad_norm,
+                                            epochs=self.trainer.config.shared_epochs))
+        return releases
+
+    def _not_covered(self) -> str:
+        """What this round's upload carries without DP (written into the ledger)."""
+        gaps = []
+        if self.settings.method == "pfmh" and not self.privacy.enabled:
+            gaps.append("prototype statistics (DP off)")
+        if self.layout.model_size and not self.dp_sgd:
+            gaps.append("shared model update (no DP-SGD)")
+        return "; ".join(gaps)
+
+    def _train(self) -> np.ndarray:
+        """Local training; returns this round's upload vector (DP noise already added where on)."""
+        train, s = self.data.train, self.settings
+        if s.method == "fedavg":
+            train_fedavg_site(self.trainer, train)
+            return make_upload(self.trainer, len(train), None, self.layout).to_vector(self.layout)
+        stats, _ = train_pfmh_site(self.trainer, train, self.prototypes, train_shared=not self.dp_sgd)
+        if self.dp_sgd:
+            train_shared_dp_sgd(self.trainer, train, global_prototypes=self.prototypes,
+                                noise_multiplier=s.privacy.dp_sgd_noise_multiplier,
+                                max_grad_norm=s.privacy.dp_sgd_max_grad_norm, epochs=self.trainer.config.shared_epochs)
+        if self.privacy.enabled:  # clipped, re-weighted statistics with Gaussian noise replace the exact ones
+            noisy = self.privacy.prototype_vector(self.trainer.encode(train, model="personal"), train.labels)
+            stats = PrototypeStats.from_vector(noisy, s.num_classes, self.trainer.config.bits)
+        return make_upload(self.trainer, len(train), stats, self.layout).to_vector(self.layout)
+
+    def _round(self, config: pb.RoundConfig) -> None:
+        started = time.perf_counter()
+        sent0, received0 = self.bytes["sent"], self.bytes["received"]
+        fed, number = self.settings.federation_id, config.round
+        if config.vector_length != self.layout.length:
+            raise SecurityError(f"round {number} expects {config.vector_length} values, this site's layout has "
+                                f"{self.layout.length}; configurations differ")
+        self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
+        releases = self._planned_releases()
+        self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        vector = self._train()
+        advert = self.secagg.advertise(number, list(config.cohort))
+        self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
+            federation_id=fed, round=number, share_public_key=advert.share_public_key,
+            mask_public_key=advert.mask_public_key, signature=advert.signature))
+        query = pb.PhaseQuery(federation_id=fed, round=number)
+        wait = config.train_timeout_s + 2 * config.phase_timeout_s
+        ads = self.client.poll("GetAdvertisements", query, deadline_s=wait)
+        directory, verify_keys = self._directory(fed, number, ads)
+        shares = self.secagg.share_keys(directory, verify_keys=verify_keys)
+        self.client.call("ShareKeys", pb.ShareKeysRequest(federation_id=fed, round=number, shares=[
+            pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]))
+        inbox = self.client.poll("GetShares", query, deadline_s=2 * config.phase_timeout_s)
+        received = [EncryptedShare(fed, number, s.sender, s.recipient, s.nonce, s.ciphertext) for s in inbox.shares]
+        epsilon = self.privacy.record(releases, number, what_without_dp=self._not_covered())  # before release
+        masked = self.secagg.masked_input(received, vector)
+        self.client.call("SubmitMaskedInput", pb.MaskedInputRequest(
+            federation_id=fed, round=number, masked_uint64_le=masked.data, vector_length=masked.vector_length))
+        request = self.client.poll("GetUnmaskRequest", query, deadline_s=2 * config.phase_timeout_s)
+        response = self.secagg.unmask(UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts)))
+        self.client.call("Unmask", pb.UnmaskReply(
+            federation_id=fed, round=number,
+            self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],
+            mask_key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.mask_key_shares]))
+        result = self.client.poll("GetRoundResult", query, deadline_s=2 * config.phase_timeout_s)
+        self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
+        map_value = self.evaluate()
+        self._report(number, map_value)
+        self.on_round(RoundReport(number, True, map_value, epsilon, self.bytes["sent"] - sent0,
+                                  self.bytes["received"] - received0, time.perf_counter() - started,
+                                  f"{len(result.survivors)} survivors"))
+
+    def _directory(self, fed: str, number: int, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
+        """Peers' advertisements, each signing key taken from a certificate this site verified itself."""
+        adverts, keys = [], {}
+        for ad in ads.advertisements:
+            try:
+                identity = verify_peer_certificate(ad.certificate_pem, ca_cert=self.ca_cert, crl=self.crl,
+                                                   allowed_roles=(Role.SITE,), expected_id=ad.site)
+            except SecurityError as exc:
+                logger.warning("%s: ignoring %s's advertisement: %s", self.cfg.site, ad.site, exc)
+                continue
+            keys[identity.site_id] = VerifyKey(site_signing_public_key(load_certificate(ad.certificate_pem)))
+            adverts.append(AdvertiseKeys(fed, number, ad.site, ad.share_public_key, ad.mask_public_key, ad.signature))
+        return KeyDirectory(fed, number, tuple(adverts)), keys
+
+    # ------------------------------------------------------------------ evaluation, reports, index
+    def evaluate(self) -> float | None:
+        """This site's queries against its own archive, with the shared model's binary codes."""
+        d = self.data
+        if len(d.query) == 0 or len(d.database) == 0:
+            return None
+        value = mean_average_precision(self.trainer.encode(d.query, model="shared"),
+                                       self.trainer.encode(d.database, model="shared"),
+                                       d.query.labels, d.database.labels)
+        return None if np.isnan(value) else float(value)
+
+    def _report(self, number: int, map_value: float | None) -> None:
+        self.client.call("ReportMetrics", pb.SiteMetrics(
+            federation_id=self.settings.federation_id, round=number, bits=self.trainer.config.bits,
+            map=map_value if map_value is not None else 0.0, epsilon_spent=self.privacy.spent,
+            epsilon_max=self.privacy.epsilon_max, noise_multiplier=self.settings.privacy.noise_multiplier))
+        self.client.call("ReportLedger", pb.LedgerReport(federation_id=self.settings.federation_id,
+                                                         lines=self.privacy.ledger.export_lines()))
+
+    def build_index(self) -> Path:
+        """Binary codes of this site's archive with the final shared model, for ``pfmh-participant search``."""
+        index = HammingIndex(self.trainer.config.bits)
+        index.add(self.trainer.encode(self.data.database, model="shared"))
+        path = self.state_dir / "index.npz"
+        index.save(path)
+        logger.info("%s: archive index of %d codes written to %s", self.cfg.site, len(index), path)
+        return path

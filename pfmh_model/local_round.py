@@ -1,0 +1,54 @@
+"""One site's local work in a round, shared by the in-process federation and the site daemon.
+
+``initial_prototypes`` is the round-0 global prototype set every party derives from the seed
+(Hadamard class centres, PFMH.md step 6), so sites and coordinator agree without a message.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pfmh_model.aggregation import SiteUpload, UploadLayout
+from pfmh_model.data import Split
+from pfmh_model.prototypes import PrototypeStats, complete_prototypes, hadamard_centres
+from pfmh_model.training import SiteTrainer, flatten_state
+
+
+def initial_prototypes(num_classes: int, bits: int, *, seed: int) -> np.ndarray:
+    """Unit-norm Hadamard class centres (C, b), deterministic from ``seed``."""
+    centres = hadamard_centres(num_classes, bits, rng=np.random.default_rng(seed))
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def train_pfmh_site(trainer: SiteTrainer, train: Split, global_prototypes: np.ndarray, *,
+                    train_shared: bool = True) -> tuple[PrototypeStats, dict[str, float]]:
+    """PFMH steps 1-4 at one site: personal model, personal prototypes, completion, shared model.
+
+    Args:
+        trainer: the site's trainer.
+        train: its training records.
+        global_prototypes: (C, b) broadcast global prototypes.
+        train_shared: False when the caller trains the shared model itself (e.g. with DP-SGD).
+
+    Returns:
+        The site's exact prototype statistics (from the personal model) and the mean losses.
+    """
+    losses = dict(trainer.train_personal(train))
+    stats = trainer.prototype_statistics(train)
+    if train_shared:
+        completed = complete_prototypes(stats, global_prototypes)
+        shared = trainer.train_shared(train, prototypes=completed, global_prototypes=global_prototypes)
+        losses.update({f"shared_{k}": v for k, v in shared.items()})
+    return stats, losses
+
+
+def train_fedavg_site(trainer: SiteTrainer, train: Split) -> dict[str, float]:
+    """FedAvg / local baseline: the shared model alone, for personal + shared epochs (equal compute)."""
+    epochs = trainer.config.personal_epochs + trainer.config.shared_epochs
+    return trainer.train_shared(train, prototypes=None, global_prototypes=None, epochs=epochs, distill=False)
+
+
+def make_upload(trainer: SiteTrainer, n_records: int, stats: PrototypeStats | None,
+                layout: UploadLayout) -> SiteUpload:
+    """What the site contributes: prototype statistics and/or n_k * shared weights, and n_k."""
+    weighted = float(n_records) * flatten_state(trainer.shared_state()) if layout.model_size else None
+    return SiteUpload(stats if layout.has_prototypes else None, weighted, float(n_records))

@@ -1,0 +1,51 @@
+"""Build a ``SiteTrainer`` from plain options, the same way on every site and at the coordinator.
+
+Every party of a federation must build the *same* network (the coordinator needs its size for
+the upload layout, sites need identical initial weights), so they all go through ``make_trainer``.
+``dp_compatible`` swaps BatchNorm for a per-record norm in the shared model (DP-SGD needs
+per-record gradients; see ``network.make_dp_compatible``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from pfmh_model.errors import ConfigError
+from pfmh_model.network import make_dp_compatible
+from pfmh_model.training import LossWeights, SiteTrainer, TrainConfig, flatten_state
+
+
+def train_config(options: Mapping[str, Any]) -> TrainConfig:
+    """TrainConfig from a plain mapping (e.g. TOML/JSON); unknown keys raise ConfigError."""
+    options = dict(options)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {unknown}; valid: {sorted(names)}")
+    if isinstance(options.get("weights"), Mapping):
+        options["weights"] = LossWeights(**options["weights"])
+    return dataclasses.replace(TrainConfig(), **options)
+
+
+def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
+                 dp_compatible: bool = False, batch_seed: int | None = None) -> SiteTrainer:
+    """A trainer whose initial weights depend only on ``options['seed']`` (common to all sites)."""
+    config = train_config(options)
+    trainer = SiteTrainer(config, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
+                          init_seed=config.seed, batch_seed=batch_seed)
+    if dp_compatible:
+        trainer.shared = make_dp_compatible(trainer.shared)
+        trainer.shared_opt = torch.optim.Adam(trainer.shared.parameters(), lr=config.lr,
+                                              weight_decay=config.weight_decay)
+    return trainer
+
+
+def shared_model_size(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
+                      dp_compatible: bool = False) -> int:
+    """Number of float values ``flatten_state`` yields for the shared model."""
+    trainer = make_trainer(options, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
+                           dp_compatible=dp_compatible)
+    return int(flatten_state(trainer.shared_state()).size)
