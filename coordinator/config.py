@@ -21,6 +21,8 @@ class ServerSettings:
     grace_s: float = 5.0
     long_poll_s: float = 10.0   # longest a long-poll RPC waits before answering PENDING
     max_workers: int = 64
+    liveness_s: float = 30.0    # a site that has not called for this long is not put in a new cohort
+    gather_s: float = 3.0       # once min_sites are live, wait this long for the other enrolled sites
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class CoordinatorConfig:
         if self.federation.share_mode not in ("prototypes", "prototypes+model"):
             raise ValueError(f"federation.share_mode={self.federation.share_mode!r}: "
                              "choose prototypes or prototypes+model")
+        if self.federation.method == "fedavg" and self.federation.privacy.mode != "off":
+            raise ValueError("method fedavg federates only the model and has no DP mechanism here: use method "
+                             "pfmh, or set federation.privacy.mode = \"off\" to run FedAvg without DP")
         if not self.tls.crl and not self.tls.allow_no_crl:
             raise ValueError("tls.crl is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
 

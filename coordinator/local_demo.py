@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="local epochs for each of the personal and shared model")
     p.add_argument("--share-mode", default="prototypes", choices=["prototypes", "prototypes+model"])
     p.add_argument("--dp", default="local", choices=["off", "local", "distributed"], help="DP mode")
-    p.add_argument("--noise-multiplier", type=float, default=4.0)
+    p.add_argument("--noise-multiplier", type=float, default=4.0, help="sigma of the prototype-statistics noise")
+    p.add_argument("--dp-sgd-noise-multiplier", type=float, default=3.0,
+                   help="sigma of DP-SGD on the shared model (only with --share-mode prototypes+model)")
     p.add_argument("--epsilon-max", type=float, default=8.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout-s", type=float, default=1200, help="give up (and stop everything) after this long")
@@ -105,6 +107,7 @@ seed = {args.seed}
 [federation.privacy]
 mode = "{args.dp}"
 noise_multiplier = {args.noise_multiplier}
+dp_sgd_noise_multiplier = {args.dp_sgd_noise_multiplier}
 delta = 1e-5
 """)
     for site in sites:

@@ -111,6 +111,7 @@ class RoundEngine:
         self.runs: dict[int, RoundRun] = {}
         self.current: RoundRun | None = None
         self.last_seen: dict[str, float] = {}
+        self.departed: dict[str, str] = {}
         self.stopping = False
         metrics.completed_rounds.set(self.state.completed_rounds)
         metrics.current_round.set(self.state.last_round_started)
@@ -121,17 +122,37 @@ class RoundEngine:
     # ------------------------------------------------------------------ state helpers
     @property
     def finished(self) -> bool:
-        return self.state.completed_rounds >= self.settings.rounds
+        return self.state.completed_rounds >= self.settings.rounds or bool(self.stalled)
+
+    @property
+    def stalled(self) -> str:
+        """Why no further round can run (too few sites remain), or ''."""
+        remaining = len(set(self.sites) - set(self.departed))
+        if remaining >= self.settings.min_sites:
+            return ""
+        left = ", ".join(f"{s} ({why})" for s, why in sorted(self.departed.items()))
+        return f"only {remaining} sites remain < min_sites {self.settings.min_sites}; left: {left}"
+
+    def leave(self, site: str, reason: str) -> None:
+        """``site`` stops taking part: it drops out of the current round at once and is no longer live."""
+        with self.cond:
+            self.departed[site] = reason[:200]
+            self.last_seen.pop(site, None)
+            self.cond.notify_all()
+        logger.warning("site %s left the federation: %s", site, reason)
+        if self.stalled:
+            logger.error("federation cannot continue: %s", self.stalled)
 
     def global_state(self) -> GlobalState:
         return GlobalState(self.state.completed_rounds, self.state.prototypes, self.state.shared_model)
 
     def live_sites(self) -> list[str]:
         now = self.clock()
-        return sorted(s for s, t in self.last_seen.items() if now - t <= self.liveness_s)
+        return sorted(s for s, t in self.last_seen.items() if now - t <= self.liveness_s and s not in self.departed)
 
     def touch(self, site: str) -> None:
         with self.cond:
+            self.departed.pop(site, None)  # a site that joins again is back
             self.last_seen[site] = self.clock()
             self.cond.notify_all()
 
@@ -164,8 +185,7 @@ class RoundEngine:
         deadline = self.clock() + timeout_s
         with self.cond:
             while True:
-                self.last_seen[site] = self.clock()
-                self.cond.notify_all()
+                self.last_seen[site] = self.clock()  # the driver polls liveness; no notify (waiters would spin)
                 run = self.current
                 if (run is not None and run.number > after_round and site in run.cohort
                         and run.phase is RoundPhase.ADVERTISE):
@@ -261,7 +281,7 @@ class RoundEngine:
     def _wait_phase(self, run: RoundRun, expected: set[str], timeout_s: float) -> None:
         deadline = self.clock() + timeout_s
         with self.cond:
-            while not self.stopping and not expected <= run.submitted:
+            while not self.stopping and not (expected - set(self.departed)) <= run.submitted:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break

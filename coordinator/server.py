@@ -25,32 +25,23 @@ from coordinator.persistence import StateStore
 from coordinator.rounds import RoundEngine
 from coordinator.servicer import FederationServicer
 from pfmh_model.aggregation import UploadLayout
+from pfmh_model.trainer_factory import shared_model_size
 from proto import federation_pb2_grpc as pb_grpc
+from proto.settings import FederationSettings
 from security.pki_verify import load_certificate
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "pfmh.v1.Federation"
 
 
-def model_size(settings) -> int:  # noqa: ANN001 - FederationSettings
-    """Number of values of the shared model, from a throwaway network of the federation's shape."""
-    import dataclasses
-
-    from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state
-
-    cfg = dataclasses.replace(TrainConfig(), **settings.train)
-    trainer = SiteTrainer(cfg, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                          num_classes=settings.num_classes)
-    return int(flatten_state(trainer.shared_state()).size)
-
-
-def upload_layout(settings) -> UploadLayout:  # noqa: ANN001 - FederationSettings
+def upload_layout(settings: FederationSettings) -> UploadLayout:
     """The upload vector layout every site and the coordinator agree on."""
     bits = int(settings.train.get("bits", 32))
-    shares_model = settings.method == "fedavg" or settings.share_mode == "prototypes+model"
-    protos = settings.method == "pfmh"
+    size = shared_model_size(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
+                             num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
+    protos = settings.uses_prototypes
     return UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
-                        model_size(settings) if shares_model else 0)
+                        size if settings.shares_model else 0)
 
 
 def _credentials(cfg: CoordinatorConfig, base: Path) -> grpc.ServerCredentials:
@@ -76,7 +67,8 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
     metrics = CoordinatorMetrics(registry, sites=cfg.sites)
     state_dir = base / cfg.state_dir
     engine = RoundEngine(cfg.federation, sites=cfg.sites, layout=upload_layout(cfg.federation),
-                         store=StateStore(state_dir), metrics=metrics)
+                         store=StateStore(state_dir), metrics=metrics, liveness_s=cfg.server.liveness_s,
+                         gather_s=cfg.server.gather_s)
     ledgers = LedgerStore(state_dir)
     auth = AuthInterceptor(ca_cert=load_certificate(base / cfg.tls.ca_cert),
                            crl_path=(base / cfg.tls.crl) if cfg.tls.crl else None, enrolled=cfg.sites,

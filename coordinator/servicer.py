@@ -190,6 +190,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                                         noise_multiplier=request.noise_multiplier)
         return pb.Ack(round=request.round)
 
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        self.engine.leave(current_site(), request.reason or "no reason given")
+        return pb.Ack(detail="left")
+
     def GetStatus(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         engine = self.engine
         run = engine.current

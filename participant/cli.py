@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from participant.client import CoordinatorError, CoordinatorUnreachable
 from participant.config import load_config
+from participant.site import SiteMismatch
+from pfmh_model.errors import ModelError
 from proto.settings import SettingsError
 from security.errors import SecurityError
 
@@ -71,9 +74,8 @@ def search(args: argparse.Namespace) -> int:
         raise SettingsError(f"no trained model in {state}: run `pfmh-participant join` first")
     settings = FederationSettings.from_json((state / "settings.json").read_text())
     data = load_h5(base / cfg.data)
-    dp = settings.privacy.mode != "off" and settings.share_mode == "prototypes+model" and settings.method == "pfmh"
     trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                           num_classes=settings.num_classes, dp_compatible=dp)
+                           num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
     trainer.load_snapshot(state / "trainer.pt")
     index = HammingIndex.load(state / "index.npz")
     rows = np.arange(len(data.query)) if args.query is None else np.asarray(args.query, dtype=np.int64)
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return search(args)
         from participant.budget_cli import run_budget
         return run_budget(args)
-    except (SettingsError, SecurityError, OSError) as exc:
+    except (SettingsError, SecurityError, OSError, ModelError, SiteMismatch, CoordinatorError,
+            CoordinatorUnreachable) as exc:
         print(f"pfmh-participant: error: {exc}", file=sys.stderr)
         return 2
 

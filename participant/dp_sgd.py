@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -55,6 +56,8 @@ def train_shared_dp_sgd(trainer: SiteTrainer, split: Split, *, global_prototypes
                             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                             expected_batch_size=batch, loss_reduction="mean", generator=noise_generator)
     model.train()
+    # Opacus hooks warn that inputs need no gradient; features are data, so that is expected.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     try:
         for _ in range(release.steps):
             chosen = torch.nonzero(torch.rand(len(split), generator=trainer.generator) < release.sample_rate)

@@ -23,7 +23,7 @@ from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
-from pfmh_model.local_round import initial_prototypes, make_upload, train_fedavg_site, train_pfmh_site
+from pfmh_model.local_round import initial_prototypes, site_batch_seed, make_upload, train_fedavg_site, train_pfmh_site
 from pfmh_model.prototypes import PrototypeStats
 from pfmh_model.retrieval import HammingIndex
 from pfmh_model.trainer_factory import make_trainer
@@ -41,6 +41,10 @@ from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory
 from security.signing import SigningKey, VerifyKey
 
 logger = logging.getLogger(__name__)
+
+
+class SiteMismatch(Exception):
+    """This site cannot take part: its data or software does not match the federation (fatal)."""
 
 
 @dataclass
@@ -92,6 +96,9 @@ class SiteDaemon:
             federation_id=self.cfg.federation_id, protocol_version=PROTOCOL_VERSION,
             num_train_records=len(d.train), image_dim=d.image_dim, text_dim=d.text_dim, num_classes=d.num_classes))
         settings = FederationSettings.from_json(reply.settings_json)
+        if self.cfg.site not in reply.enrolled_sites:
+            raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
+        self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
         (self.state_dir / "settings.json").write_text(reply.settings_json)  # for `search` after the run
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
                     len(reply.enrolled_sites))
@@ -99,17 +106,14 @@ class SiteDaemon:
 
     def _setup(self, settings: FederationSettings) -> None:
         self.settings = settings
-        self.dp_sgd = settings.privacy.mode != "off" and settings.share_mode == "prototypes+model" \
-            and settings.method == "pfmh"
+        self.dp_sgd = settings.uses_dp_sgd
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, dp_compatible=self.dp_sgd,
-                                    batch_seed=sum(self.cfg.site.encode()))
-        bits = self.trainer.config.bits
-        shares_model = settings.method == "fedavg" or settings.share_mode == "prototypes+model"
-        protos = settings.method == "pfmh"
+                                    batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index))
+        bits, protos = self.trainer.config.bits, settings.uses_prototypes
         self.layout = UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
-                                   flatten_state(self.trainer.shared_state()).size if shares_model else 0)
+                                   flatten_state(self.trainer.shared_state()).size if settings.shares_model else 0)
         self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed)
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
@@ -145,12 +149,14 @@ class SiteDaemon:
     def run(self) -> int:
         """Take part until the federation finishes, the budget is spent, or ``stop`` is set."""
         self._setup(self.join())
+        reason = "stopped by its operator"
         while not self.stop.is_set():
             config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
                 federation_id=self.settings.federation_id, after_round=self.after_round),
                 timeout_s=self.cfg.rpc_timeout_s + 15)
             if config.status == pb.FINISHED:
-                logger.info("%s: the federation has finished its rounds", self.cfg.site)
+                logger.info("%s: the federation has finished", self.cfg.site)
+                reason = "federation finished"
                 break
             if config.status != pb.READY:
                 continue
@@ -160,6 +166,7 @@ class SiteDaemon:
                 logger.error("%s stops uploading: %s", self.cfg.site, exc)
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0,
                                           f"budget: {exc}"))
+                reason = f"privacy budget: {exc}"
                 break
             except (RoundAbandoned, SecurityError) as exc:
                 self.secagg.abort()
@@ -167,10 +174,18 @@ class SiteDaemon:
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0, str(exc)))
             self.after_round = config.round
             self._checkpoint()
+        self._leave(reason)
         self.build_index()
         self.privacy.close()
         self.client.close()
         return 0
+
+    def _leave(self, reason: str) -> None:
+        try:
+            self.client.call("Leave", pb.LeaveRequest(federation_id=self.settings.federation_id, reason=reason),
+                             timeout_s=5)
+        except Exception as exc:  # noqa: BLE001 - best effort: the coordinator may already be gone
+            logger.info("could not tell the coordinator we leave: %s", exc)
 
     def _apply_global(self, prototypes: np.ndarray | None, model: np.ndarray | None) -> None:
         if prototypes is not None:
@@ -221,8 +236,9 @@ class SiteDaemon:
         sent0, received0 = self.bytes["sent"], self.bytes["received"]
         fed, number = self.settings.federation_id, config.round
         if config.vector_length != self.layout.length:
-            raise SecurityError(f"round {number} expects {config.vector_length} values, this site's layout has "
-                                f"{self.layout.length}; configurations differ")
+            raise SiteMismatch(f"round {number} expects {config.vector_length} values, this site's model gives "
+                               f"{self.layout.length}: the site and the coordinator build different models "
+                               "(different software versions?)")
         self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
         releases = self._planned_releases()
         self.privacy.check(releases, number)  # refuse before training, and before anything leaves

@@ -13,6 +13,11 @@ from pfmh_model.prototypes import PrototypeStats, complete_prototypes, hadamard_
 from pfmh_model.training import SiteTrainer, flatten_state
 
 
+def site_batch_seed(seed: int, site_index: int) -> int:
+    """Seed of a site's batch order and dropout: the k-th site (sorted ids) of a run seeded ``seed``."""
+    return seed * 1000 + site_index
+
+
 def initial_prototypes(num_classes: int, bits: int, *, seed: int) -> np.ndarray:
     """Unit-norm Hadamard class centres (C, b), deterministic from ``seed``."""
     centres = hadamard_centres(num_classes, bits, rng=np.random.default_rng(seed))

@@ -274,6 +274,14 @@ class SiteMetrics(_message.Message):
     train_seconds: float
     def __init__(self, federation_id: _Optional[str] = ..., round: _Optional[int] = ..., bits: _Optional[int] = ..., map: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_max: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., train_seconds: _Optional[float] = ...) -> None: ...
 
+class LeaveRequest(_message.Message):
+    __slots__ = ("federation_id", "reason")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    reason: str
+    def __init__(self, federation_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -99,6 +99,11 @@ class FederationStub:
                 request_serializer=proto_dot_federation__pb2.StatusRequest.SerializeToString,
                 response_deserializer=proto_dot_federation__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/pfmh.v1.Federation/Leave',
+                request_serializer=proto_dot_federation__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=proto_dot_federation__pb2.Ack.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -189,6 +194,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """A site stops taking part (finished, budget spent, shutting down): it counts as dropped at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +268,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=proto_dot_federation__pb2.StatusRequest.FromString,
                     response_serializer=proto_dot_federation__pb2.StatusReply.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=proto_dot_federation__pb2.LeaveRequest.FromString,
+                    response_serializer=proto_dot_federation__pb2.Ack.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -609,6 +626,33 @@ class Federation:
             '/pfmh.v1.Federation/GetStatus',
             proto_dot_federation__pb2.StatusRequest.SerializeToString,
             proto_dot_federation__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pfmh.v1.Federation/Leave',
+            proto_dot_federation__pb2.LeaveRequest.SerializeToString,
+            proto_dot_federation__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

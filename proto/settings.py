@@ -154,6 +154,19 @@ class FederationSettings:
     train_timeout_s: float = 600.0
     phase_timeout_s: float = 60.0
 
+    @property
+    def uses_prototypes(self) -> bool:
+        return self.method == "pfmh"
+
+    @property
+    def shares_model(self) -> bool:
+        return self.method == "fedavg" or self.share_mode == "prototypes+model"
+
+    @property
+    def uses_dp_sgd(self) -> bool:
+        """The shared model is federated under DP, so it is trained with DP-SGD (and BatchNorm is swapped)."""
+        return self.privacy.mode != "off" and self.shares_model
+
     def to_json(self) -> str:
         return json.dumps(to_plain(self), sort_keys=True)
 
