@@ -23,6 +23,7 @@ from coordinator.persistence import CoordinatorState, StateStore
 from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout, aggregate_global
 from proto.settings import FederationSettings
 from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
+from security.prg import PrgAlgorithm
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
     AdvertiseKeys,
@@ -309,7 +310,8 @@ class RoundEngine:
                                   fraction_bits=self.settings.secagg.fraction_bits,
                                   max_abs_value=self.settings.secagg.max_abs_value,
                                   neighbours=self.settings.secagg.neighbours or None,
-                                  threshold=self.settings.secagg.threshold or None)
+                                  threshold=self.settings.secagg.threshold or None,
+                                  prg=PrgAlgorithm(self.settings.secagg.prg))
             run = RoundRun(number, cohort, SecAggServer(config, cohort, round_number=number), self.global_state(),
                            started=self.clock(), phase_started=self.clock())
             self.runs[number] = run

@@ -23,7 +23,7 @@ from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
-from pfmh_model.local_round import initial_prototypes, site_batch_seed, make_upload, train_fedavg_site, train_pfmh_site
+from pfmh_model.local_round import initial_prototypes, make_upload, site_batch_seed, train_fedavg_site, train_pfmh_site
 from pfmh_model.prototypes import PrototypeStats
 from pfmh_model.retrieval import HammingIndex
 from pfmh_model.trainer_factory import make_trainer
@@ -35,6 +35,7 @@ from security.dp_sensitivity import l2_sensitivity
 from security.errors import BudgetExceeded, SecurityError
 from security.pki import Role
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
+from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest
@@ -124,7 +125,8 @@ class SiteDaemon:
         self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=SecAggConfig(
             federation_id=settings.federation_id, vector_length=self.layout.length,
             fraction_bits=settings.secagg.fraction_bits, max_abs_value=settings.secagg.max_abs_value,
-            neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None))
+            neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None,
+            prg=PrgAlgorithm(settings.secagg.prg)))
         self.after_round = 0
         self._restore()
 
@@ -275,17 +277,22 @@ class SiteDaemon:
                                   f"{len(result.survivors)} survivors"))
 
     def _directory(self, fed: str, number: int, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
-        """Peers' advertisements, each signing key taken from a certificate this site verified itself."""
+        """Peers' advertisements, with each signing key taken from a certificate this site verified itself.
+
+        Every advertisement stays in the directory (the round graph is derived from all of them); a peer
+        whose certificate fails verification gets no verify key, so the SecAgg client refuses the round
+        if that peer is one of its neighbours.
+        """
         adverts, keys = [], {}
         for ad in ads.advertisements:
+            adverts.append(AdvertiseKeys(fed, number, ad.site, ad.share_public_key, ad.mask_public_key, ad.signature))
             try:
                 identity = verify_peer_certificate(ad.certificate_pem, ca_cert=self.ca_cert, crl=self.crl,
                                                    allowed_roles=(Role.SITE,), expected_id=ad.site)
             except SecurityError as exc:
-                logger.warning("%s: ignoring %s's advertisement: %s", self.cfg.site, ad.site, exc)
+                logger.warning("%s: %s's certificate is not trusted: %s", self.cfg.site, ad.site, exc)
                 continue
             keys[identity.site_id] = VerifyKey(site_signing_public_key(load_certificate(ad.certificate_pem)))
-            adverts.append(AdvertiseKeys(fed, number, ad.site, ad.share_public_key, ad.mask_public_key, ad.signature))
         return KeyDirectory(fed, number, tuple(adverts)), keys
 
     # ------------------------------------------------------------------ evaluation, reports, index

@@ -121,6 +121,7 @@ class SecAggSettings:
     neighbours: int = 0
     fraction_bits: int = 20
     max_abs_value: float = 1.0e7
+    prg: str = "aes256-ctr"        # mask stream: aes256-ctr (fast with AES-NI) or chacha20
 
 
 @dataclass(frozen=True)

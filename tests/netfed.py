@@ -23,6 +23,7 @@ from proto.settings import PROTOCOL_VERSION, FederationSettings, PrivacySettings
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
 from security.pki_verify import load_certificate, site_signing_public_key
+from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest
@@ -94,7 +95,8 @@ class ScriptedSite:
         self.secagg = SecAggClient(name, signing_key=SigningKey.load(pki.root / name / "signing.key", passphrase=None),
                                    config=SecAggConfig(federation_id=FED, vector_length=vector_length,
                                                        fraction_bits=settings.secagg.fraction_bits,
-                                                       max_abs_value=settings.secagg.max_abs_value))
+                                                       max_abs_value=settings.secagg.max_abs_value,
+                                                       prg=PrgAlgorithm(settings.secagg.prg)))
         self.round = 0
         self.settings = settings
 
