@@ -343,6 +343,7 @@ def plot_epsilon(report: AuditReport, path: Path | str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # lazy: only the report needs it
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     try:
@@ -350,11 +351,13 @@ def plot_epsilon(report: AuditReport, path: Path | str) -> None:
             rows = round_summary(a) if a.ok else []
             if not rows:
                 continue
-            (line,) = ax.step([r["round"] for r in rows], [r["epsilon"] for r in rows], where="post",
-                              marker="o", label=a.site)
+            xs, ys = [r["round"] for r in rows], [r["epsilon"] for r in rows]
+            (line,) = ax.step([min(xs) - 1, *xs], [0.0, *ys], where="post", marker="o", label=a.site)  # from 0
             if (last := a.last_release) is not None:
                 ax.axhline(float(last.get("epsilon_max")), color=line.get_color(), linestyle="--", linewidth=0.8)
         failed = [a.site for a in report.sites if not a.ok]
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0.0)
         ax.set(xlabel="round", ylabel="epsilon spent (dashed: epsilon_max)",
                title="Privacy budget per site" + (f" (FAILED, not shown: {', '.join(failed)})" if failed else ""))
         if ax.get_legend_handles_labels()[0]:

@@ -56,7 +56,13 @@ def join(args: argparse.Namespace) -> int:
               f"sent {report.bytes_sent:,} B  received {report.bytes_received:,} B  {report.seconds:.1f}s  "
               f"{report.detail}", flush=True)
 
-    daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show)
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    if cfg.metrics_listen:
+        host, _, port = cfg.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
     return daemon.run()
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from prometheus_client import CollectorRegistry
 
 from participant.client import CoordinatorClient, RoundAbandoned
 from participant.config import SiteConfig
 from participant.dp_sgd import planned_release, train_shared_dp_sgd
+from participant.metrics import SiteMetrics
 from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.data import MultiModalDataset, load_h5
@@ -73,13 +75,15 @@ class SiteDaemon:
     """
 
     def __init__(self, cfg: SiteConfig, *, base: Path, stop: threading.Event | None = None,
-                 on_round=None) -> None:  # noqa: ANN001
+                 on_round=None, registry: CollectorRegistry | None = None) -> None:  # noqa: ANN001
         self.cfg, self.base = cfg, base
         self.stop = stop or threading.Event()
         self.on_round = on_round or (lambda report: None)
         self.state_dir = base / cfg.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        self.metrics = SiteMetrics(registry or CollectorRegistry())
+        self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
         self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
         self.data: MultiModalDataset = load_h5(base / cfg.data)
         self.ca_cert = load_certificate(base / cfg.tls.ca_cert)
@@ -89,6 +93,8 @@ class SiteDaemon:
     def _count(self, kind: str, sent: int, received: int) -> None:
         self.bytes["sent"] += sent
         self.bytes["received"] += received
+        self.metrics.bytes.labels("sent").inc(sent)
+        self.metrics.bytes.labels("received").inc(received)
 
     # ------------------------------------------------------------------ setup
     def join(self) -> FederationSettings:
@@ -169,9 +175,11 @@ class SiteDaemon:
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0,
                                           f"budget: {exc}"))
                 reason = f"privacy budget: {exc}"
+                self.metrics.budget_exhausted.set(1)
                 break
             except (RoundAbandoned, SecurityError) as exc:
                 self.secagg.abort()
+                self.metrics.rounds.labels("abandoned").inc()
                 logger.warning("%s: round %d abandoned: %s", self.cfg.site, config.round, exc)
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0, str(exc)))
             self.after_round = config.round
@@ -272,6 +280,11 @@ class SiteDaemon:
         self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
         map_value = self.evaluate()
         self._report(number, map_value)
+        self.metrics.rounds.labels("completed").inc()
+        self.metrics.epsilon_spent.set(epsilon)
+        self.metrics.round_seconds.set(time.perf_counter() - started)
+        if map_value is not None:
+            self.metrics.map.set(map_value)
         self.on_round(RoundReport(number, True, map_value, epsilon, self.bytes["sent"] - sent0,
                                   self.bytes["received"] - received0, time.perf_counter() - started,
                                   f"{len(result.survivors)} survivors"))

@@ -31,7 +31,7 @@ def test_networked_round_equals_in_process_simulation(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     for name, part in zip(SITES, parts, strict=True):
         save_h5(part, tmp_path / "data" / f"{name}.h5")
-    pki = make_pki(tmp_path, SITES)
+    make_pki(tmp_path, SITES)
     cfg = coordinator_config(tmp_path, SITES, rounds=1, train=TRAIN,
                              dims=(dataset.image_dim, dataset.text_dim, dataset.num_classes))
     cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
