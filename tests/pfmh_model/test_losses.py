@@ -125,8 +125,8 @@ def test_contrastive_loss_class_mask_excludes_candidates() -> None:
     none_left = prototype_contrastive_loss(codes, labels, prototypes, class_mask=only_one)
     none_left.backward()
     # Assert: only class 0 and 2 compete; each record's logits are equal for both -> log 2.
-    assert float(masked) == pytest.approx(math.log(2), rel=1e-5)
-    assert float(none_left) == 0.0
+    assert masked.item() == pytest.approx(math.log(2), rel=1e-5)
+    assert none_left.item() == 0.0
     assert codes.grad is not None and float(codes.grad.abs().sum()) == 0.0
 
 
