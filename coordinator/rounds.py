@@ -12,15 +12,20 @@ All arithmetic and crypto live elsewhere: ``security.secagg_server`` unmasks the
 from __future__ import annotations
 
 import enum
+import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.persistence import CoordinatorState, StateStore
+from coordinator.persistence import CoordinatorState, StateStore, atomic_write
 from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout, aggregate_global
+from pfmh_model.errors import ModelError
 from proto.settings import FederationSettings
 from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
 from security.prg import PrgAlgorithm
@@ -36,6 +41,8 @@ from security.secagg_messages import (
 from security.secagg_server import SecAggServer
 
 logger = logging.getLogger(__name__)
+# Set to "1" only in test and soak runs: completed rounds' decoded sums go to <state_dir>/aggregates/.
+RECORD_AGGREGATES_ENV = "PFMH_TEST_RECORD_AGGREGATES"
 
 
 class RoundPhase(enum.StrEnum):
@@ -136,11 +143,12 @@ class RoundEngine:
 
     def leave(self, site: str, reason: str) -> None:
         """``site`` stops taking part: it drops out of the current round at once and is no longer live."""
+        reason = reason[:200]  # site-supplied: bounded, and logged with repr (no forged log lines)
         with self.cond:
-            self.departed[site] = reason[:200]
+            self.departed[site] = reason
             self.last_seen.pop(site, None)
             self.cond.notify_all()
-        logger.warning("site %s left the federation: %s", site, reason)
+        logger.warning("site %s left the federation: %r", site, reason)
         if self.stalled:
             logger.error("federation cannot continue: %s", self.stalled)
 
@@ -360,7 +368,12 @@ class RoundEngine:
     def _complete(self, run: RoundRun, total, survivors: tuple[str, ...], expected: set[str]) -> None:
         summed = SiteUpload.from_vector(total, self.layout)
         bits = int(self.settings.train.get("bits", 32))
-        new = aggregate_global(summed, run.start_state, bits=bits, seed=int(self.settings.train.get("seed", 0)))
+        try:
+            new = aggregate_global(summed, run.start_state, bits=bits, seed=int(self.settings.train.get("seed", 0)))
+        except ModelError as exc:  # e.g. a FedAvg weight total <= 0 sent by a faulty site: abort, keep driving
+            raise RoundAborted(f"the unmasked sum is not a valid aggregate: {exc}") from exc
+        if os.environ.get(RECORD_AGGREGATES_ENV) == "1":
+            self._record_aggregate(run.number, total)
         self.state.completed_rounds += 1
         self.state.prototypes, self.state.shared_model = new.prototypes, new.shared_model
         seconds = self.clock() - run.started
@@ -376,6 +389,16 @@ class RoundEngine:
         self.metrics.upload_bytes.set(self.layout.length * 8)
         logger.info("round %d completed (%d/%d) with %d survivors in %.1fs", run.number,
                     self.state.completed_rounds, self.settings.rounds, len(survivors), seconds)
+
+    def _record_aggregate(self, number: int, total: np.ndarray) -> None:
+        """Test hook (``PFMH_TEST_RECORD_AGGREGATES=1``): keep the decoded sum as ``aggregates/round-N.npy``.
+
+        Security: the sum is exactly what the coordinator learns by design; no site's own input is kept.
+        Written before the round is committed, so every completed round has its file (see docs/SOAK.md).
+        """
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(total, dtype=np.float64), allow_pickle=False)
+        atomic_write(self.store.dir / "aggregates" / f"round-{number}.npy", buffer.getvalue())
 
     def _abort(self, run: RoundRun, reason: str) -> None:
         with self.cond:
