@@ -14,7 +14,7 @@ import contextvars
 import logging
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -82,10 +82,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
                          f"site {identity.site_id!r} holds a valid certificate but is not enrolled in this federation")
         return identity
 
-    def _refuse(self, context: grpc.ServicerContext, reason: str, code: grpc.StatusCode, detail: str) -> None:
+    def _refuse(self, context: grpc.ServicerContext, reason: str, code: grpc.StatusCode, detail: str) -> NoReturn:
         self._on_failure(reason)
         logger.warning("refused call from %s: %s", context.peer(), detail)
         context.abort(code, detail)
+        raise RuntimeError("grpc context.abort returned")  # it raises; this keeps the type checker honest
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)

@@ -39,8 +39,8 @@ def serve(args: argparse.Namespace) -> int:
     base = args.config.resolve().parent
     registry = CollectorRegistry()
     if cfg.metrics_listen:
-        host, _, port = cfg.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+        host, _, metrics_port = cfg.metrics_listen.rpartition(":")
+        start_http_server(int(metrics_port), addr=host or "127.0.0.1", registry=registry)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

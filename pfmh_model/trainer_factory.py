@@ -37,7 +37,7 @@ def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, n
     trainer = SiteTrainer(config, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
                           init_seed=config.seed, batch_seed=batch_seed)
     if dp_compatible:
-        trainer.shared = make_dp_compatible(trainer.shared)
+        trainer.shared = make_dp_compatible(trainer.shared)  # type: ignore[assignment]  # same forward, other norm
         trainer.shared_opt = torch.optim.Adam(trainer.shared.parameters(), lr=config.lr,
                                               weight_decay=config.weight_decay)
     return trainer

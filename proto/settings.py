@@ -26,7 +26,7 @@ class SettingsError(Exception):
 
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise SettingsError(f"{where}: expected a table, got {type(value).__name__}")
         return build(tp, value, where)
