@@ -30,11 +30,35 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
-def _wrap(handler: Any, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+class MalformedRequest:
+    """Stands in for request bytes that do not parse, so the call ends INVALID_ARGUMENT, not INTERNAL."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` that returns a ``MalformedRequest`` instead of raising (grpc would answer INTERNAL)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, but any parse failure is the caller's
+            return MalformedRequest(f"{type(exc).__name__}: {exc}"[:200])
+
+    return parse
+
+
+def _wrap(handler: Any, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]], *,
+          tolerant: bool = False) -> Any:
     if handler is None or handler.unary_unary is None:
         return handler
-    return grpc.unary_unary_rpc_method_handler(wrapper(handler.unary_unary),
-                                               request_deserializer=handler.request_deserializer,
+    deserializer = _tolerant(handler.request_deserializer) if tolerant else handler.request_deserializer
+    return grpc.unary_unary_rpc_method_handler(wrapper(handler.unary_unary), request_deserializer=deserializer,
                                                response_serializer=handler.response_serializer)
 
 
@@ -61,7 +85,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps domain errors to gRPC status codes; anything unexpected becomes INTERNAL (logged)."""
+    """Maps domain errors to gRPC status codes; anything unexpected becomes INTERNAL (logged).
+
+    Request bytes that do not parse as the method's message are answered INVALID_ARGUMENT (the handler
+    never runs); it must be the innermost interceptor, as its deserializer is the one the server uses.
+    """
 
     def __init__(self, on_reject: Callable[[str], None] = lambda kind: None) -> None:
         self._on_reject = on_reject
@@ -71,6 +99,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
         def wrapper(inner: Callable[..., Any]) -> Callable[..., Any]:
             def mapped(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, MalformedRequest):
+                    self._on_reject(kind)
+                    logger.info("%s rejected: malformed request (%s)", kind, request.error)
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{kind}: request is not a valid "
+                                  f"protobuf message ({request.error})")
                 try:
                     return inner(request, context)
                 except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
@@ -85,4 +118,4 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     context.abort(grpc.StatusCode.INTERNAL, f"{kind} failed: {type(exc).__name__}")
             return mapped
 
-        return _wrap(continuation(handler_call_details), wrapper)
+        return _wrap(continuation(handler_call_details), wrapper, tolerant=True)
