@@ -29,7 +29,7 @@ def _run_cell(cell: dict) -> dict:
 
     torch.set_num_threads(1)
     from pfmh_model.data import load_h5
-    from pfmh_model.federation import Federation, FederationConfig, Method
+    from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
     from pfmh_model.partition import partition_dataset
     from pfmh_model.synthetic import generate
     from pfmh_model.training import TrainConfig
@@ -40,8 +40,9 @@ def _run_cell(cell: dict) -> dict:
     sites = partition_dataset(dataset, num_sites=cell["sites"], alpha=cell["alpha"], seed=cell["seed"])
     train = dataclasses.replace(TrainConfig(), bits=cell["bits"], seed=cell["seed"],
                                 personal_epochs=cell["epochs"], shared_epochs=cell["epochs"])
-    cfg = FederationConfig(method=Method(cell["method"]), rounds=cell["rounds"], train=train,
-                           eval_every=cell["rounds"])
+    method, _, share_mode = cell["method"].partition(":")
+    cfg = FederationConfig(method=Method(method), rounds=cell["rounds"], train=train, eval_every=cell["rounds"],
+                           share_mode=ShareMode(share_mode or ShareMode.PROTOTYPES_AND_MODEL))
     started = time.perf_counter()
     result = Federation(sites, cfg).run()
     last = result.rounds[-1]
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["synthetic=synthetic:mirflickr"],
                    help="NAME=PATH (HDF5) or NAME=synthetic:PRESET")
-    p.add_argument("--methods", default="pfmh,fedavg,local,centralized")
+    p.add_argument("--methods", default="pfmh,pfmh:prototypes,fedavg,local,centralized,fedhap",
+                   help="comma-separated METHOD[:SHARE_MODE]; share mode prototypes or prototypes+model "
+                        "(the default, as in the paper) for pfmh and fedhap")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -85,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="skip cells already in --out")
     args = p.parse_args(argv)
     sources = dict(item.split("=", 1) for item in args.data)
+    for spec in args.methods.split(","):
+        method, _, share_mode = spec.partition(":")
+        if method not in {"pfmh", "fedavg", "local", "centralized", "fedhap"} or \
+                share_mode not in {"", "prototypes", "prototypes+model"}:
+            p.error(f"--methods: {spec!r} is not METHOD[:SHARE_MODE]")
     cells = [{"dataset": name, "source": sources[name], "method": m, "bits": b, "alpha": a, "seed": s,
               "rounds": args.rounds, "epochs": args.epochs, "sites": args.sites}
              for name, m, b, a, s in itertools.product(sources, args.methods.split(","), args.bits, args.alphas,

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
-from participant.client import CoordinatorClient, RoundAbandoned
+from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
 from participant.config import SiteConfig
 from participant.dp_sgd import planned_release, train_shared_dp_sgd
 from participant.metrics import SiteMetrics
@@ -62,6 +63,16 @@ class RoundReport:
     bytes_received: int
     seconds: float
     detail: str = ""
+
+
+def round_moved_on(exc: CoordinatorError) -> bool:
+    """True when a refusal means the round closed or ended before this site's message arrived.
+
+    A slow site (training past the train timeout, a long pause, a restart) sends into a phase
+    that has closed or a round that has ended; that costs it the round, not its membership.
+    """
+    return exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED) or (
+        exc.code == grpc.StatusCode.INVALID_ARGUMENT and "is not in progress" in exc.detail)
 
 
 class SiteDaemon:
@@ -169,7 +180,12 @@ class SiteDaemon:
             if config.status != pb.READY:
                 continue
             try:
-                self._round(config)
+                try:
+                    self._round(config)
+                except CoordinatorError as exc:
+                    if not round_moved_on(exc):
+                        raise
+                    raise RoundAbandoned(f"the coordinator moved on without this site ({exc})") from exc
             except BudgetExceeded as exc:
                 logger.error("%s stops uploading: %s", self.cfg.site, exc)
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0,

@@ -1,0 +1,77 @@
+"""A site too slow for a phase loses that round, not its membership: it takes part in the next one."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import torch
+
+from participant.client import CoordinatorError
+from participant.config import SiteConfig, SiteTls
+from participant.config import SitePrivacy as SitePrivacyConfig
+from participant.site import RoundReport, SiteDaemon, round_moved_on
+from pfmh_model.data import save_h5
+from pfmh_model.partition import partition_dataset
+from pfmh_model.synthetic import generate
+from tests.netfed import FED, coordinator, coordinator_config, make_pki
+
+SITES = ["site-a", "site-b", "site-c"]
+TRAIN = {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1, "shared_epochs": 1, "seed": 1}
+
+
+def test_refusals_that_mean_the_round_moved_on() -> None:
+    assert round_moved_on(CoordinatorError("ShareKeys", grpc.StatusCode.FAILED_PRECONDITION,
+                                           "round 1 is in phase masked_input, not share_keys"))
+    assert round_moved_on(CoordinatorError("AdvertiseKeys", grpc.StatusCode.INVALID_ARGUMENT,
+                                           "round 1 is not in progress (current round: 2)"))
+    assert not round_moved_on(CoordinatorError("SubmitMaskedInput", grpc.StatusCode.INVALID_ARGUMENT,
+                                               "vector has 10 values, expected 12"))
+    assert not round_moved_on(CoordinatorError("Join", grpc.StatusCode.PERMISSION_DENIED, "not enrolled"))
+
+
+def test_site_that_misses_the_train_timeout_rejoins_next_round(tmp_path: Path) -> None:
+    # Prepare: three sites, two are enough for a round; site-c trains too slowly in round 1
+    torch.set_num_threads(1)
+    dataset = generate("tiny", seed=2)
+    parts = partition_dataset(dataset, num_sites=3, alpha=1.0, seed=2)
+    (tmp_path / "data").mkdir()
+    for name, part in zip(SITES, parts, strict=True):
+        save_h5(part, tmp_path / "data" / f"{name}.h5")
+    make_pki(tmp_path, SITES)
+    cfg = coordinator_config(tmp_path, SITES, rounds=2, min_sites=2, train=TRAIN, train_timeout_s=3.0,
+                             phase_timeout_s=3.0, dims=(dataset.image_dim, dataset.text_dim, dataset.num_classes))
+    cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
+    reports: dict[str, list[RoundReport]] = {name: [] for name in SITES}
+    with coordinator(tmp_path, cfg) as (port, engine):
+        daemons = [SiteDaemon(SiteConfig(
+            site=name, federation_id=FED, coordinator=f"127.0.0.1:{port}", data=f"data/{name}.h5",
+            tls=SiteTls(ca_cert=f"pki/{name}/ca.crt", cert=f"pki/{name}/tls.crt", key=f"pki/{name}/tls.key",
+                        signing_key=f"pki/{name}/signing.key", crl="pki/ca/crl.pem"),
+            state_dir=f"state/{name}", privacy=SitePrivacyConfig(require_dp=False)), base=tmp_path,
+            on_round=reports[name].append) for name in SITES]
+        slow = daemons[2]
+        train = slow._train
+
+        def slow_first_round():  # noqa: ANN202
+            if slow.after_round == 0:
+                time.sleep(5.0)  # past the 3 s train timeout: the others advertise and the phase closes
+            return train()
+
+        slow._train = slow_first_round  # type: ignore[method-assign]
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda d=d: codes.append(d.run())) for d in daemons]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads)
+        assert engine.state.completed_rounds == 2
+    # Assert: every daemon exited normally; site-c lost round 1 and took part in round 2
+    assert codes == [0, 0, 0]
+    slow_reports = {r.round: r for r in reports["site-c"]}
+    assert not slow_reports[1].completed and "moved on" in slow_reports[1].detail
+    assert slow_reports[2].completed
+    assert all(r.completed for r in reports["site-a"])
