@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-            print(f"{row['dataset']} {row['method']:11s} {row['bits']:3d} bits alpha {row['alpha']} seed {row['seed']}: "
-                  f"site {row['mean_site_map']:.3f} global {row['global_map']:.3f} ({row['seconds']:.0f}s)", flush=True)
+            print(f"{row['dataset']} {row['method']:11s} {row['bits']:3d} bits alpha {row['alpha']} "
+                  f"seed {row['seed']}: site {row['mean_site_map']:.3f} global {row['global_map']:.3f} "
+                  f"({row['seconds']:.0f}s)", flush=True)
     print(_table(rows))
     return 0
 

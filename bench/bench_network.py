@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=1800)
     args = p.parse_args(argv)
     results = [run_config(args, share, dp) for share in ("prototypes", "prototypes+model") for dp in ("off", "local")]
-    print(f"\npreset {args.preset}, 3 sites, {args.rounds} rounds, {args.epochs}+{args.epochs} epochs, {args.bits} bits; "
-          "per site and round (mean over sites and rounds)")
+    print(f"\npreset {args.preset}, 3 sites, {args.rounds} rounds, {args.epochs}+{args.epochs} epochs, "
+          f"{args.bits} bits; per site and round (mean over sites and rounds)")
     print("| share mode | DP | plain payload | sent on the wire | wire / payload | received | round wall time | "
           "epsilon after last round |")
     print("|---|---|---|---|---|---|---|---|")
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['round_seconds']:.1f} s | {r['epsilon_last']:.2f} |")
     protos = next(r for r in results if r["share_mode"] == "prototypes" and r["dp"] == "local")
     model = next(r for r in results if r["share_mode"] == "prototypes+model" and r["dp"] == "local")
-    print(f"\nprototype-only upload / model-sharing upload (sent bytes): 1/{model['sent_per_round'] / protos['sent_per_round']:,.0f}")
+    ratio = model["sent_per_round"] / protos["sent_per_round"]
+    print(f"\nprototype-only upload / model-sharing upload (sent bytes): 1/{ratio:,.0f}")
     return 0
 
 

@@ -41,11 +41,16 @@ _Term = tuple[float, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.
 
 
 class Records(Protocol):
-    """What training reads from a data split (``pfmh_model.data.Split`` satisfies it)."""
+    """What training reads from a data split (``pfmh_model.data.Split`` satisfies it; read-only)."""
 
-    image: np.ndarray
-    text: np.ndarray
-    labels: np.ndarray
+    @property
+    def image(self) -> np.ndarray: ...
+
+    @property
+    def text(self) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
