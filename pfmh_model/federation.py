@@ -27,12 +27,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayout, aggregate_global, sum_vectors
+from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayout, sum_vectors
 from pfmh_model.data import MultiModalDataset, Split
 from pfmh_model.errors import ConfigError
 from pfmh_model.evaluation import evaluate, mean_average_precision
-from pfmh_model.fedhap import FedHAPConfig, FedHAPTrainer, aggregate_fedhap, initial_hash_codes
-from pfmh_model.prototypes import complete_prototypes, hadamard_centres
+from pfmh_model.fedhap import FedHAPConfig, FedHAPTrainer
+from pfmh_model.local_round import (
+    aggregator,
+    initial_prototypes,
+    make_upload,
+    train_fedavg_site,
+    train_fedhap_site,
+    train_pfmh_site,
+)
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
 
 logger = logging.getLogger(__name__)
@@ -129,10 +136,7 @@ class Federation:
                         batch_seed=config.train.seed * 1000 + k, **extra)
             for k in range(len(self.train_sites))
         ]
-        centres = hadamard_centres(self.num_classes, bits, rng=np.random.default_rng(config.train.seed))
-        centres = centres / np.linalg.norm(centres, axis=1, keepdims=True)
-        if config.method is Method.FEDHAP:  # FedHAP's prototypes are +-1 codes, not unit vectors
-            centres = initial_hash_codes(self.num_classes, bits, seed=config.train.seed)
+        centres = initial_prototypes(self.num_classes, bits, seed=config.train.seed, method=config.method.value)
         model_size = flatten_state(self.trainers[0].shared_state()).size if config.shares_model else 0
         uses_protos = config.method in (Method.PFMH, Method.CENTRALIZED, Method.FEDHAP)
         self.layout = UploadLayout(self.num_classes if uses_protos else 0, bits if uses_protos else 0, model_size)
@@ -140,27 +144,17 @@ class Federation:
 
     # ----------------------------------------------------------------------------- one round
     def _local_update(self, trainer: SiteTrainer, data: MultiModalDataset) -> tuple[SiteUpload, dict]:
-        cfg = self.config
-        epochs_total = cfg.train.personal_epochs + cfg.train.shared_epochs
-        if cfg.method in (Method.FEDAVG, Method.LOCAL):
-            losses = trainer.train_shared(data.train, prototypes=None, global_prototypes=None,
-                                          epochs=epochs_total, distill=False)
-            return self._upload(trainer, data, None), losses
-        if isinstance(trainer, FedHAPTrainer):
-            losses = trainer.train_fedhap(data.train, prototypes=self.state.prototypes, epochs=epochs_total)
-            return self._upload(trainer, data, trainer.code_statistics(data.train)), losses
-        losses = dict(trainer.train_personal(data.train))
-        stats = trainer.prototype_statistics(data.train)
-        global_protos = self.state.prototypes
-        completed = complete_prototypes(stats, global_protos)
-        shared_losses = trainer.train_shared(data.train, prototypes=completed, global_prototypes=global_protos)
-        losses.update({f"shared_{k}": v for k, v in shared_losses.items()})
-        return self._upload(trainer, data, stats), losses
-
-    def _upload(self, trainer: SiteTrainer, data: MultiModalDataset, stats) -> SiteUpload:
-        n_k = float(len(data.train))
-        weighted = n_k * flatten_state(trainer.shared_state()) if self.layout.model_size else None
-        return SiteUpload(stats if self.layout.has_prototypes else None, weighted, n_k)
+        """The same local step as a site daemon's (``pfmh_model.local_round``), without DP."""
+        stats = None
+        if self.config.method in (Method.FEDAVG, Method.LOCAL):
+            losses = train_fedavg_site(trainer, data.train)
+        elif isinstance(trainer, FedHAPTrainer):
+            assert self.state.prototypes is not None  # noqa: S101 - set in __init__ for prototype methods
+            stats, losses = train_fedhap_site(trainer, data.train, self.state.prototypes)
+        else:
+            assert self.state.prototypes is not None  # noqa: S101
+            stats, losses = train_pfmh_site(trainer, data.train, self.state.prototypes)
+        return make_upload(trainer, len(data.train), stats, self.layout), losses
 
     def run_round(self) -> dict[str, float]:
         """Local training at every site, aggregation, broadcast. Returns mean losses."""
@@ -171,7 +165,7 @@ class Federation:
             all_losses.append(losses)
         if self.config.method is not Method.LOCAL:
             total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
-            aggregate = aggregate_fedhap if self.config.method is Method.FEDHAP else aggregate_global
+            aggregate = aggregator(self.config.method.value)
             self.state = aggregate(total, self.state, bits=self.config.train.bits, seed=self.config.train.seed)
             if self.state.shared_model is not None:
                 for trainer in self.trainers:
