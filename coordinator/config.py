@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pfmh_model.errors import ConfigError
+from pfmh_model.trainer_factory import fedhap_config
 from proto.settings import FederationSettings, SettingsError, load_toml
 
 SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
@@ -54,14 +56,24 @@ class CoordinatorConfig:
         if not 1 <= self.federation.min_sites <= len(self.sites):
             raise ValueError(f"federation.min_sites={self.federation.min_sites} must be within 1..{len(self.sites)} "
                              "(the number of enrolled sites)")
-        if self.federation.method not in ("pfmh", "fedavg"):
-            raise ValueError(f"federation.method={self.federation.method!r}: choose pfmh or fedavg")
+        if self.federation.method not in ("pfmh", "fedavg", "fedhap"):
+            raise ValueError(f"federation.method={self.federation.method!r}: choose pfmh, fedavg or fedhap")
         if self.federation.share_mode not in ("prototypes", "prototypes+model"):
             raise ValueError(f"federation.share_mode={self.federation.share_mode!r}: "
                              "choose prototypes or prototypes+model")
         if self.federation.method == "fedavg" and self.federation.privacy.mode != "off":
             raise ValueError("method fedavg federates only the model and has no DP mechanism here: use method "
                              "pfmh, or set federation.privacy.mode = \"off\" to run FedAvg without DP")
+        if self.federation.fedhap and self.federation.method != "fedhap":
+            raise ValueError(f"[federation.fedhap] options are set but federation.method is "
+                             f"{self.federation.method!r}; remove them or use method fedhap")
+        try:
+            fedhap_config(self.federation.fedhap)
+        except ConfigError as exc:
+            raise ValueError(f"[federation.fedhap]: {exc}") from None
+        if self.federation.method == "fedhap" and self.federation.uses_dp_sgd:
+            raise ValueError("method fedhap with DP shares its model without DP-SGD support here: use "
+                             "share_mode = \"prototypes\" (the class-code votes get DP noise), or privacy mode off")
         if not self.tls.crl and not self.tls.allow_no_crl:
             raise ValueError("tls.crl is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
 

@@ -24,8 +24,9 @@ import numpy as np
 
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.persistence import CoordinatorState, StateStore, atomic_write
-from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout, aggregate_global
+from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
+from pfmh_model.local_round import aggregator
 from proto.settings import FederationSettings
 from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
 from security.prg import PrgAlgorithm
@@ -369,7 +370,8 @@ class RoundEngine:
         summed = SiteUpload.from_vector(total, self.layout)
         bits = int(self.settings.train.get("bits", 32))
         try:
-            new = aggregate_global(summed, run.start_state, bits=bits, seed=int(self.settings.train.get("seed", 0)))
+            new = aggregator(self.settings.method)(summed, run.start_state, bits=bits,
+                                                   seed=int(self.settings.train.get("seed", 0)))
         except ModelError as exc:  # e.g. a FedAvg weight total <= 0 sent by a faulty site: abort, keep driving
             raise RoundAborted(f"the unmasked sum is not a valid aggregate: {exc}") from exc
         if os.environ.get(RECORD_AGGREGATES_ENV) == "1":

@@ -81,7 +81,8 @@ def search(args: argparse.Namespace) -> int:
     settings = FederationSettings.from_json((state / "settings.json").read_text())
     data = load_h5(base / cfg.data)
     trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                           num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
+                           num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd,
+                           method=settings.method, fedhap=settings.fedhap)
     trainer.load_snapshot(state / "trainer.pt")
     index = HammingIndex.load(state / "index.npz")
     rows = np.arange(len(data.query)) if args.query is None else np.asarray(args.query, dtype=np.int64)

@@ -26,7 +26,15 @@ from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
-from pfmh_model.local_round import initial_prototypes, make_upload, site_batch_seed, train_fedavg_site, train_pfmh_site
+from pfmh_model.fedhap import FedHAPTrainer
+from pfmh_model.local_round import (
+    initial_prototypes,
+    make_upload,
+    site_batch_seed,
+    train_fedavg_site,
+    train_fedhap_site,
+    train_pfmh_site,
+)
 from pfmh_model.prototypes import PrototypeStats
 from pfmh_model.retrieval import HammingIndex
 from pfmh_model.trainer_factory import make_trainer
@@ -128,11 +136,13 @@ class SiteDaemon:
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, dp_compatible=self.dp_sgd,
-                                    batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index))
+                                    batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index),
+                                    method=settings.method, fedhap=settings.fedhap)
         bits, protos = self.trainer.config.bits, settings.uses_prototypes
         self.layout = UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
                                    flatten_state(self.trainer.shared_state()).size if settings.shares_model else 0)
-        self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed)
+        self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed,
+                                             method=settings.method)
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site, min_cohort=settings.min_sites)
@@ -222,7 +232,7 @@ class SiteDaemon:
     def _planned_releases(self) -> list[Release]:
         """The DP releases this round's upload will make (checked against the budget before training)."""
         s, releases = self.settings, []
-        if self.privacy.enabled and s.method == "pfmh":
+        if self.privacy.enabled and s.uses_prototypes:
             releases.append(Release(PROTOTYPE_MECHANISM, s.privacy.noise_multiplier,
                                     l2_sensitivity(label_cap=self.privacy.label_cap), 1.0, 1))
         if self.dp_sgd:
@@ -235,7 +245,7 @@ class SiteDaemon:
     def _not_covered(self) -> str:
         """What this round's upload carries without DP (written into the ledger)."""
         gaps = []
-        if self.settings.method == "pfmh" and not self.privacy.enabled:
+        if self.settings.uses_prototypes and not self.privacy.enabled:
             gaps.append("prototype statistics (DP off)")
         if self.layout.model_size and not self.dp_sgd:
             gaps.append("shared model update (no DP-SGD)")
@@ -247,6 +257,13 @@ class SiteDaemon:
         if s.method == "fedavg":
             train_fedavg_site(self.trainer, train)
             return make_upload(self.trainer, len(train), None, self.layout).to_vector(self.layout)
+        if isinstance(self.trainer, FedHAPTrainer):
+            stats, _ = train_fedhap_site(self.trainer, train, self.prototypes)
+            if self.privacy.enabled:  # votes of unit-scaled sign codes: the same majority, a bounded sensitivity
+                codes = np.where(self.trainer.encode(train, model="shared") >= 0, 1.0, -1.0)
+                noisy = self.privacy.prototype_vector(codes, train.labels)
+                stats = PrototypeStats.from_vector(noisy, s.num_classes, self.trainer.config.bits)
+            return make_upload(self.trainer, len(train), stats, self.layout).to_vector(self.layout)
         stats, _ = train_pfmh_site(self.trainer, train, self.prototypes, train_shared=not self.dp_sgd)
         if self.dp_sgd:
             train_shared_dp_sgd(self.trainer, train, global_prototypes=self.prototypes,

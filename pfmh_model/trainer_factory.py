@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pfmh_model.errors import ConfigError
+from pfmh_model.fedhap import FedHAPConfig, FedHAPTrainer
 from pfmh_model.network import make_dp_compatible
 from pfmh_model.training import LossWeights, SiteTrainer, TrainConfig, flatten_state
 
@@ -30,12 +31,35 @@ def train_config(options: Mapping[str, Any]) -> TrainConfig:
     return dataclasses.replace(TrainConfig(), **options)
 
 
+def fedhap_config(options: Mapping[str, Any] | None) -> FedHAPConfig:
+    """FedHAPConfig from a plain mapping; unknown keys or bad values raise ConfigError."""
+    options = dict(options or {})
+    names = {f.name for f in dataclasses.fields(FedHAPConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ConfigError(f"unknown FedHAP option(s) {unknown}; valid: {sorted(names)}")
+    try:
+        return FedHAPConfig(**options)
+    except ValueError as exc:
+        raise ConfigError(f"FedHAP options: {exc}") from None
+
+
 def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
-                 dp_compatible: bool = False, batch_seed: int | None = None) -> SiteTrainer:
-    """A trainer whose initial weights depend only on ``options['seed']`` (common to all sites)."""
+                 dp_compatible: bool = False, batch_seed: int | None = None, method: str = "pfmh",
+                 fedhap: Mapping[str, Any] | None = None) -> SiteTrainer:
+    """A trainer whose initial weights depend only on ``options['seed']`` (common to all sites).
+
+    ``method`` "fedhap" gives a :class:`~pfmh_model.fedhap.FedHAPTrainer` with the ``fedhap`` knobs;
+    every other method a :class:`SiteTrainer`. The shared network is the same either way.
+    """
     config = train_config(options)
-    trainer = SiteTrainer(config, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
-                          init_seed=config.seed, batch_seed=batch_seed)
+    if method == "fedhap":
+        trainer: SiteTrainer = FedHAPTrainer(config, fedhap=fedhap_config(fedhap), image_dim=image_dim,
+                                             text_dim=text_dim, num_classes=num_classes, init_seed=config.seed,
+                                             batch_seed=batch_seed)
+    else:
+        trainer = SiteTrainer(config, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
+                              init_seed=config.seed, batch_seed=batch_seed)
     if dp_compatible:
         trainer.shared = make_dp_compatible(trainer.shared)  # type: ignore[assignment]  # same forward, other norm
         trainer.shared_opt = torch.optim.Adam(trainer.shared.parameters(), lr=config.lr,

@@ -145,11 +145,12 @@ class FederationSettings:
     image_dim: int
     text_dim: int
     num_classes: int
-    method: str = "pfmh"                 # pfmh | fedavg
+    method: str = "pfmh"                 # pfmh | fedavg | fedhap
     share_mode: str = "prototypes"       # prototypes | prototypes+model
     rounds: int = 5
     min_sites: int = 2
     train: dict[str, Any] = field(default_factory=dict)   # pfmh_model.training.TrainConfig fields
+    fedhap: dict[str, Any] = field(default_factory=dict)  # pfmh_model.fedhap.FedHAPConfig fields
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     train_timeout_s: float = 600.0
@@ -157,7 +158,8 @@ class FederationSettings:
 
     @property
     def uses_prototypes(self) -> bool:
-        return self.method == "pfmh"
+        """Prototype statistics (PFMH) or class-code votes (FedHAP) travel in the upload."""
+        return self.method in ("pfmh", "fedhap")
 
     @property
     def shares_model(self) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from participant.config import SiteConfig, SiteTls
@@ -23,7 +24,8 @@ SITES = ["site-a", "site-b", "site-c"]
 TRAIN = {"bits": 16, "hidden": 32, "width": 16, "personal_epochs": 1, "shared_epochs": 1, "seed": 3}
 
 
-def test_networked_round_equals_in_process_simulation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["pfmh", "fedhap"])
+def test_networked_round_equals_in_process_simulation(tmp_path: Path, method: str) -> None:
     # Prepare: one dataset, one partition, written as each site's own file
     torch.set_num_threads(1)
     dataset = generate("tiny", seed=5)
@@ -32,7 +34,7 @@ def test_networked_round_equals_in_process_simulation(tmp_path: Path) -> None:
     for name, part in zip(SITES, parts, strict=True):
         save_h5(part, tmp_path / "data" / f"{name}.h5")
     make_pki(tmp_path, SITES)
-    cfg = coordinator_config(tmp_path, SITES, rounds=1, train=TRAIN,
+    cfg = coordinator_config(tmp_path, SITES, rounds=1, train=TRAIN, method=method,
                              dims=(dataset.image_dim, dataset.text_dim, dataset.num_classes))
     cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
     # Execute: the network
@@ -53,7 +55,7 @@ def test_networked_round_equals_in_process_simulation(tmp_path: Path) -> None:
         assert engine.state.completed_rounds == 1
     assert codes == [0, 0, 0]
     # Execute: the same round in one process
-    federation = Federation(parts, FederationConfig(method=Method.PFMH, rounds=1, share_mode=ShareMode.PROTOTYPES,
+    federation = Federation(parts, FederationConfig(method=Method(method), rounds=1, share_mode=ShareMode.PROTOTYPES,
                                                     train=train_config(TRAIN)))
     federation.run_round()
     # Assert: equal within fixed-point precision (2^-20 per value, summed over 3 sites)

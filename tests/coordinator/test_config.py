@@ -1,0 +1,68 @@
+"""coordinator.toml validation: every refusal is a SettingsError naming the key, never a traceback."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import load_config
+from proto.settings import SettingsError
+
+BASE = """
+sites = ["site-a", "site-b", "site-c"]
+[tls]
+ca_cert = "ca.crt"
+cert = "tls.crt"
+key = "tls.key"
+crl = "crl.pem"
+[federation]
+federation_id = "fed"
+image_dim = 8
+text_dim = 6
+num_classes = 3
+"""
+
+
+def write(tmp_path: Path, federation: str = "", extra: str = "") -> Path:
+    for name in ("ca.crt", "tls.crt", "tls.key", "crl.pem"):
+        (tmp_path / name).write_text("x")
+    path = tmp_path / "coordinator.toml"
+    path.write_text(BASE + federation + extra)
+    return path
+
+
+@pytest.mark.parametrize("method", ["pfmh", "fedavg", "fedhap"])
+def test_each_method_loads(tmp_path: Path, method: str) -> None:
+    privacy = "" if method != "fedavg" else '[federation.privacy]\nmode = "off"\n'
+    cfg = load_config(write(tmp_path, f'method = "{method}"\n', privacy))
+    assert cfg.federation.method == method
+
+
+def test_fedhap_options_are_checked(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, 'method = "fedhap"\n', "[federation.fedhap]\nadversarial = 0.5\n"))
+    assert cfg.federation.fedhap == {"adversarial": 0.5}
+    with pytest.raises(SettingsError, match="unknown FedHAP option"):
+        load_config(write(tmp_path, 'method = "fedhap"\n', "[federation.fedhap]\nadversary = 0.5\n"))
+    with pytest.raises(SettingsError, match="use method fedhap"):
+        load_config(write(tmp_path, 'method = "pfmh"\n', "[federation.fedhap]\nadversarial = 0.5\n"))
+
+
+@pytest.mark.parametrize(("federation", "extra", "message"), [
+    ('method = "fedsgd"\n', "", "choose pfmh, fedavg or fedhap"),
+    ('method = "fedavg"\n', '[federation.privacy]\nmode = "local"\n', "no DP mechanism"),
+    ('method = "fedhap"\nshare_mode = "prototypes+model"\n', '[federation.privacy]\nmode = "local"\n',
+     "without DP-SGD support"),
+    ('share_mode = "everything"\n', "", "choose prototypes or prototypes+model"),
+    ("min_sites = 4\n", "", "must be within 1..3"),
+])
+def test_refusals(tmp_path: Path, federation: str, extra: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_config(write(tmp_path, federation, extra))
+
+
+def test_missing_tls_file(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    (tmp_path / "tls.key").unlink()
+    with pytest.raises(SettingsError, match="tls.key = 'tls.key': no such file"):
+        load_config(path)
