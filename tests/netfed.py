@@ -183,3 +183,33 @@ def expired_site_cert(pki: Pki, name: str) -> None:
 
 def with_rounds(cfg: CoordinatorConfig, rounds: int) -> CoordinatorConfig:
     return replace(cfg, federation=replace(cfg.federation, rounds=rounds))
+
+
+def write_site_files(tmp: Path, sites: list[str], *, preset: str = "tiny", seed: int = 0) -> list:
+    """A synthetic dataset split over ``sites`` (Dirichlet 1.0), one HDF5 per site, plus the PKI.
+
+    Returns the per-site datasets (for comparing with an in-process run).
+    """
+    from pfmh_model.data import save_h5
+    from pfmh_model.partition import partition_dataset
+    from pfmh_model.synthetic import generate
+
+    dataset = generate(preset, seed=seed)
+    parts = partition_dataset(dataset, num_sites=len(sites), alpha=1.0, seed=seed)
+    (tmp / "data").mkdir()
+    for name, part in zip(sites, parts, strict=True):
+        save_h5(part, tmp / "data" / f"{name}.h5")
+    make_pki(tmp, sites)
+    return parts
+
+
+def site_daemon(tmp: Path, name: str, port: int, **kwargs):  # noqa: ANN003, ANN201
+    """The real ``SiteDaemon`` for ``name``, with the files of :func:`write_site_files`, DP not required."""
+    from participant.config import SiteConfig, SitePrivacy, SiteTls
+    from participant.site import SiteDaemon
+
+    return SiteDaemon(SiteConfig(
+        site=name, federation_id=FED, coordinator=f"127.0.0.1:{port}", data=f"data/{name}.h5",
+        tls=SiteTls(ca_cert=f"pki/{name}/ca.crt", cert=f"pki/{name}/tls.crt", key=f"pki/{name}/tls.key",
+                    signing_key=f"pki/{name}/signing.key", crl="pki/ca/crl.pem"),
+        state_dir=f"state/{name}", privacy=SitePrivacy(require_dp=False)), base=tmp, **kwargs)

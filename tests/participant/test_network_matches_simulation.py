@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from participant.config import SiteConfig, SiteTls
-from participant.config import SitePrivacy as SitePrivacyConfig
-from participant.site import SiteDaemon
-from pfmh_model.data import save_h5
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
-from pfmh_model.partition import partition_dataset
-from pfmh_model.synthetic import generate
 from pfmh_model.trainer_factory import train_config
-from tests.netfed import FED, coordinator, coordinator_config, make_pki
+from tests.netfed import coordinator, coordinator_config, site_daemon, write_site_files
 
 SITES = ["site-a", "site-b", "site-c"]
 TRAIN = {"bits": 16, "hidden": 32, "width": 16, "personal_epochs": 1, "shared_epochs": 1, "seed": 3}
@@ -28,23 +22,14 @@ TRAIN = {"bits": 16, "hidden": 32, "width": 16, "personal_epochs": 1, "shared_ep
 def test_networked_round_equals_in_process_simulation(tmp_path: Path, method: str) -> None:
     # Prepare: one dataset, one partition, written as each site's own file
     torch.set_num_threads(1)
-    dataset = generate("tiny", seed=5)
-    parts = partition_dataset(dataset, num_sites=3, alpha=1.0, seed=5)
-    (tmp_path / "data").mkdir()
-    for name, part in zip(SITES, parts, strict=True):
-        save_h5(part, tmp_path / "data" / f"{name}.h5")
-    make_pki(tmp_path, SITES)
+    parts = write_site_files(tmp_path, SITES, seed=5)
+    first = parts[0]
     cfg = coordinator_config(tmp_path, SITES, rounds=1, train=TRAIN, method=method,
-                             dims=(dataset.image_dim, dataset.text_dim, dataset.num_classes))
+                             dims=(first.image_dim, first.text_dim, first.num_classes))
     cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
     # Execute: the network
     with coordinator(tmp_path, cfg) as (port, engine):
-        daemons = [SiteDaemon(SiteConfig(
-            site=name, federation_id=FED, coordinator=f"127.0.0.1:{port}", data=f"data/{name}.h5",
-            tls=SiteTls(ca_cert=f"pki/{name}/ca.crt", cert=f"pki/{name}/tls.crt", key=f"pki/{name}/tls.key",
-                        signing_key=f"pki/{name}/signing.key", crl="pki/ca/crl.pem"),
-            state_dir=f"state/{name}", privacy=SitePrivacyConfig(require_dp=False)), base=tmp_path)
-            for name in SITES]
+        daemons = [site_daemon(tmp_path, name, port) for name in SITES]
         codes: list[int] = []
         threads = [threading.Thread(target=lambda d=d: codes.append(d.run())) for d in daemons]
         for t in threads:

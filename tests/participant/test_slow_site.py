@@ -10,13 +10,8 @@ import grpc
 import torch
 
 from participant.client import CoordinatorError
-from participant.config import SiteConfig, SiteTls
-from participant.config import SitePrivacy as SitePrivacyConfig
-from participant.site import RoundReport, SiteDaemon, round_moved_on
-from pfmh_model.data import save_h5
-from pfmh_model.partition import partition_dataset
-from pfmh_model.synthetic import generate
-from tests.netfed import FED, coordinator, coordinator_config, make_pki
+from participant.site import RoundReport, round_moved_on
+from tests.netfed import coordinator, coordinator_config, site_daemon, write_site_files
 
 SITES = ["site-a", "site-b", "site-c"]
 TRAIN = {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1, "shared_epochs": 1, "seed": 1}
@@ -35,23 +30,13 @@ def test_refusals_that_mean_the_round_moved_on() -> None:
 def test_site_that_misses_the_train_timeout_rejoins_next_round(tmp_path: Path) -> None:
     # Prepare: three sites, two are enough for a round; site-c trains too slowly in round 1
     torch.set_num_threads(1)
-    dataset = generate("tiny", seed=2)
-    parts = partition_dataset(dataset, num_sites=3, alpha=1.0, seed=2)
-    (tmp_path / "data").mkdir()
-    for name, part in zip(SITES, parts, strict=True):
-        save_h5(part, tmp_path / "data" / f"{name}.h5")
-    make_pki(tmp_path, SITES)
+    first = write_site_files(tmp_path, SITES, seed=2)[0]
     cfg = coordinator_config(tmp_path, SITES, rounds=2, min_sites=2, train=TRAIN, train_timeout_s=3.0,
-                             phase_timeout_s=3.0, dims=(dataset.image_dim, dataset.text_dim, dataset.num_classes))
+                             phase_timeout_s=3.0, dims=(first.image_dim, first.text_dim, first.num_classes))
     cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
     reports: dict[str, list[RoundReport]] = {name: [] for name in SITES}
     with coordinator(tmp_path, cfg) as (port, engine):
-        daemons = [SiteDaemon(SiteConfig(
-            site=name, federation_id=FED, coordinator=f"127.0.0.1:{port}", data=f"data/{name}.h5",
-            tls=SiteTls(ca_cert=f"pki/{name}/ca.crt", cert=f"pki/{name}/tls.crt", key=f"pki/{name}/tls.key",
-                        signing_key=f"pki/{name}/signing.key", crl="pki/ca/crl.pem"),
-            state_dir=f"state/{name}", privacy=SitePrivacyConfig(require_dp=False)), base=tmp_path,
-            on_round=reports[name].append) for name in SITES]
+        daemons = [site_daemon(tmp_path, name, port, on_round=reports[name].append) for name in SITES]
         slow = daemons[2]
         train = slow._train
 
