@@ -209,6 +209,34 @@ def test_hamming_index_add_search_save_load(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["site.npz"]    # no temporary file left behind
 
 
+@pytest.mark.parametrize("k", [1, 100, 5000])
+def test_hamming_index_switches_to_multi_index_hashing_with_the_same_answer(monkeypatch, k: int) -> None:
+    # Prepare: clustered codes (like learned ones), the MIH threshold lowered to this archive size
+    import pfmh_model.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "MIH_MIN_ARCHIVE", 2000)
+    rng = np.random.default_rng(9)
+    centres = _pm1(rng, 20, 64)
+    archive = centres[rng.integers(0, 20, 3000)] * np.where(rng.random((3000, 64)) < 0.1, -1, 1)
+    queries = centres[rng.integers(0, 20, 50)] * np.where(rng.random((50, 64)) < 0.1, -1, 1)
+    index = HammingIndex(64)
+    index.add(archive[:1500])
+    # Execute: below the threshold (linear scan), then above it (MIH), then after another add
+    small = index.search(queries, k)
+    index.add(archive[1500:])
+    large = index.search(queries, k)
+    built = index._mih
+    index.add(archive[:10])
+    again = index.search(queries, k)
+    # Assert: identical to the linear scan, ties included; the MIH tables follow the archive
+    assert built is not None and index._mih is not None and index._mih is not built
+    for result, codes in ((small, archive[:1500]), (large, archive),
+                          (again, np.concatenate([archive, archive[:10]]))):
+        expected = search(pack_codes(queries), pack_codes(codes), k=k)
+        np.testing.assert_array_equal(result.indices, expected.indices)
+        np.testing.assert_array_equal(result.distances, expected.distances)
+
+
 def test_hamming_index_rejects_wrong_bits_and_bad_files(tmp_path) -> None:
     # Prepare
     index = HammingIndex(16)
