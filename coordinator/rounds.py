@@ -149,6 +149,9 @@ class RoundEngine:
             self.departed[site] = reason
             self.last_seen.pop(site, None)
             self.cond.notify_all()
+        if self.state.completed_rounds >= self.settings.rounds:  # the normal end: sites leave after the last round
+            logger.info("site %s left after the last round: %r", site, reason)
+            return
         logger.warning("site %s left the federation: %r", site, reason)
         if self.stalled:
             logger.error("federation cannot continue: %s", self.stalled)

@@ -174,3 +174,39 @@ def test_hostile_messages_are_rejected_and_the_server_keeps_serving(tmp_path: Pa
         got = np.frombuffer(result.global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
         np.testing.assert_allclose(got, _expected(layout, vectors), atol=1e-5)
         assert engine.metrics.rejected.labels("AdvertiseKeys")._value.get() >= 2
+
+
+def test_leave_mid_federation_stalls_it_and_leave_after_the_last_round_is_quiet(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Prepare: 3 sites, all needed (min_sites 3), one round
+    names = SITES[:3]
+    pki = make_pki(tmp_path, names)
+    cfg = _cfg(tmp_path, names, rounds=1)
+    with coordinator(tmp_path, cfg) as (port, engine):
+        sites, layout = _sites(port, pki, cfg, names)
+        # Execute 1: the round runs; after it every site leaves, as daemons do at the end
+        results = _run_round(sites, _inputs(layout, 3))
+        caplog.clear()
+        for s in sites:
+            s.stub.Leave(pb.LeaveRequest(federation_id=FED, reason="federation finished"), timeout=10)
+        # Assert 1: a normal end, logged without warnings or errors
+        assert all(r.status == pb.READY for r in results)
+        assert engine.finished and engine.state.completed_rounds == 1
+        assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    # Execute 2: a fresh federation of 2 rounds where one site leaves before the end
+    tmp2 = tmp_path / "second"
+    tmp2.mkdir()
+    pki = make_pki(tmp2, names)
+    cfg = _cfg(tmp2, names, rounds=2)
+    with coordinator(tmp2, cfg) as (port, engine):
+        layout = upload_layout(cfg.federation)
+        first, second = (ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in names[:2])
+        first.join()
+        caplog.clear()
+        first.stub.Leave(pb.LeaveRequest(federation_id=FED, reason="maintenance"), timeout=10)
+        second.join()
+        reply = second.wait_round(0)
+        # Assert 2: too few sites remain, so the federation is over, said loudly, and sites are told
+        assert "only 2 sites remain < min_sites 3" in engine.stalled
+        assert reply.status == pb.FINISHED and engine.state.completed_rounds == 0
+        assert any(r.levelname == "ERROR" and "cannot continue" in r.getMessage() for r in caplog.records)
