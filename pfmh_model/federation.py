@@ -36,6 +36,7 @@ from pfmh_model.local_round import (
     aggregator,
     initial_prototypes,
     make_upload,
+    site_batch_seed,
     train_fedavg_site,
     train_fedhap_site,
     train_pfmh_site,
@@ -133,7 +134,7 @@ class Federation:
         self.trainers = [
             trainer_cls(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
                         num_classes=self.num_classes, init_seed=config.train.seed,
-                        batch_seed=config.train.seed * 1000 + k, **extra)
+                        batch_seed=site_batch_seed(config.train.seed, k), **extra)
             for k in range(len(self.train_sites))
         ]
         centres = initial_prototypes(self.num_classes, bits, seed=config.train.seed, method=config.method.value)
