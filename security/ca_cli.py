@@ -50,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--coordinator", action="store_true", help="issue the identity 'coordinator'")
     p.add_argument("--host", action="append", help="SAN IP/DNS (repeatable; default 127.0.0.1, localhost)")
     p.add_argument("--valid-days", type=int, default=365)
-    p.add_argument("--replace", action="store_true", help="overwrite an existing identity directory")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--replace", action="store_true",
+                     help="overwrite an existing identity with new keys (its old ledger no longer verifies)")
+    how.add_argument("--renew", action="store_true",
+                     help="new certificate and TLS key for an existing identity, same signing key "
+                          "(its ledger keeps verifying)")
     p = add("revoke", "revoke every valid certificate of an identity (or one serial) and publish the CRL")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--site", help="identity name (a site, or 'coordinator')")
@@ -87,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         ca = load_ca(args.dir, passphrase=_passphrase(args))
         role, name = (Role.COORDINATOR, "coordinator") if args.coordinator else (Role.SITE, args.site)
         ident = issue_certificate(ca=ca, role=role, name=name, hosts=args.host or ("127.0.0.1", "localhost"),
-                                  valid_days=args.valid_days, replace=args.replace)
+                                  valid_days=args.valid_days, replace=args.replace, renew=args.renew)
         print(f"issued {role.value} {name!r} serial {ident.cert.serial_number:x} "
               f"valid until {ident.cert.not_valid_after_utc.isoformat()} in {ident.directory}")
     elif args.command == "revoke":

@@ -76,7 +76,7 @@ def _san(federation_id: str, role: Role, name: str, hosts: Sequence[str]) -> x50
 def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
                       hosts: Sequence[str] = ("127.0.0.1", "localhost"), valid_days: int = 365,
                       out_dir: Path | str | None = None, not_before: dt.datetime | None = None,
-                      not_after: dt.datetime | None = None, replace: bool = False,
+                      not_after: dt.datetime | None = None, replace: bool = False, renew: bool = False,
                       now: dt.datetime | None = None) -> IssuedIdentity:
     """Issue a TLS certificate and an Ed25519 signing key for ``name`` into ``<out_dir>/<name>/``.
 
@@ -90,13 +90,17 @@ def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
         not_before: explicit start of validity (UTC); overrides the default window (e.g. for expiry tests).
         not_after: explicit end of validity (UTC); overrides ``valid_days``.
         replace: overwrite an existing ``<name>/`` identity (the old certificate stays valid until revoked).
+        renew: a new certificate and TLS key for an existing identity that keep its Ed25519 signing key,
+            so everything it signed (its privacy ledger) still verifies against the new certificate.
+            The old certificate stays valid until revoked or expired.
         now: current time (UTC); defaults to the clock.
 
     Returns:
         The paths written and the certificate.
 
     Raises:
-        PkiError: invalid name, host, role or validity window; or the identity exists and not ``replace``.
+        PkiError: invalid name, host, role or validity window; the identity exists and neither ``replace``
+            nor ``renew`` is given; ``renew`` without an existing identity, or with ``replace``.
 
     Security:
         ``tls.key`` and ``signing.key`` are written unencrypted (gRPC needs a plain PEM key) with mode 0600.
@@ -113,11 +117,16 @@ def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
     if na <= nb:
         raise PkiError(f"not_after {na.isoformat()} must be later than not_before {nb.isoformat()}")
     directory = Path(out_dir if out_dir is not None else ca.root) / name
-    if (directory / pki.TLS_CERT).exists() and not replace:
-        raise PkiError(f"identity {name!r} already issued at {directory}; "
-                       "revoke it and pass replace=True (--replace)")
+    if replace and renew:
+        raise PkiError("replace and renew exclude each other: renew keeps the signing key, replace makes a new one")
+    exists = (directory / pki.TLS_CERT).exists()
+    if exists and not (replace or renew):
+        raise PkiError(f"identity {name!r} already issued at {directory}; renew it (--renew, same signing "
+                       "key) or revoke it and pass replace=True (--replace)")
+    if renew and not (exists and (directory / pki.SIGNING_KEY).exists()):
+        raise PkiError(f"identity {name!r} has no certificate and signing key in {directory} to renew")
     tls_key = ec.generate_private_key(ec.SECP256R1())
-    signing_key = Ed25519PrivateKey.generate()
+    signing_key = _existing_signing_key(directory / pki.SIGNING_KEY) if renew else Ed25519PrivateKey.generate()
     signing_spki = signing_key.public_key().public_bytes(serialization.Encoding.DER,
                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     cert = (x509.CertificateBuilder()
@@ -148,6 +157,16 @@ def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
     return IssuedIdentity(directory=directory, cert=cert, cert_path=directory / pki.TLS_CERT,
                           key_path=directory / pki.TLS_KEY, signing_key_path=directory / pki.SIGNING_KEY,
                           ca_cert_path=directory / pki.CA_CERT)
+
+
+def _existing_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PkiError(f"{path}: not an Ed25519 key")
+    return key
 
 
 def read_index(root: Path | str) -> dict[str, Any]:

@@ -89,3 +89,21 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     # Assert
     assert info.value.code == 2
     assert "--dir" in capsys.readouterr().err
+
+
+def test_renew_keeps_the_signing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    pki = str(tmp_path / "pki")
+    _run(capsys, "init", "--dir", pki, "--federation", "demo")
+    _run(capsys, "issue", "--dir", pki, "--site", "hospital-a")
+    signing = (tmp_path / "pki" / "hospital-a" / "signing.key").read_bytes()
+    cert = (tmp_path / "pki" / "hospital-a" / "tls.crt").read_bytes()
+    # Execute
+    renewed = _run(capsys, "issue", "--dir", pki, "--site", "hospital-a", "--renew")
+    # Assert
+    assert renewed[0] == 0 and "issued site 'hospital-a'" in renewed[1]
+    assert (tmp_path / "pki" / "hospital-a" / "signing.key").read_bytes() == signing
+    assert (tmp_path / "pki" / "hospital-a" / "tls.crt").read_bytes() != cert
+    with pytest.raises(SystemExit) as info:  # argparse: --renew and --replace exclude each other
+        main(["issue", "--dir", pki, "--site", "hospital-a", "--renew", "--replace"])
+    assert info.value.code == 2

@@ -256,6 +256,35 @@ def test_good_names_and_reissue_rules(pki: Pki, tmp_path: Path) -> None:
         issue_certificate(ca=pki.ca, role=Role.SITE, name="h", out_dir=tmp_path, valid_days=0)
 
 
+def test_renewal_keeps_the_signing_key_so_the_ledger_still_verifies(pki: Pki, tmp_path: Path) -> None:
+    # Prepare: a site with a two-entry ledger signed under its first certificate
+    from security.ledger import Ledger, LedgerTampered, verify_ledger
+
+    first = issue_certificate(ca=pki.ca, role=Role.SITE, name="site-r", out_dir=tmp_path, now=NOW, valid_days=30)
+    with Ledger.open(tmp_path / "ledger.jsonl", signing_key=load_signing_key(first.signing_key_path),
+                     site_id="site-r") as ledger:
+        ledger.append({"kind": "dp_release", "round": 1})
+        ledger.append({"kind": "dp_release", "round": 2})
+    # Execute: renew near expiry, then (for contrast) replace
+    later = NOW + dt.timedelta(days=25)
+    renewed = issue_certificate(ca=pki.ca, role=Role.SITE, name="site-r", out_dir=tmp_path, now=later, renew=True)
+    # Assert: new certificate, TLS key and validity, same signing key; the old ledger verifies under it
+    assert renewed.cert.serial_number != first.cert.serial_number
+    assert renewed.cert.not_valid_after_utc > first.cert.not_valid_after_utc
+    assert renewed.cert.public_key().public_numbers() != first.cert.public_key().public_numbers()
+    assert site_signing_public_key(renewed.cert) == site_signing_public_key(first.cert)
+    assert len(verify_ledger(tmp_path / "ledger.jsonl", public_key=site_signing_public_key(renewed.cert),
+                             site_id="site-r")) == 2
+    replaced = issue_certificate(ca=pki.ca, role=Role.SITE, name="site-r", out_dir=tmp_path, now=later, replace=True)
+    with pytest.raises(LedgerTampered):
+        verify_ledger(tmp_path / "ledger.jsonl", public_key=site_signing_public_key(replaced.cert), site_id="site-r")
+    # and renewal needs an identity to renew, and excludes replace
+    with pytest.raises(PkiError, match="to renew"):
+        issue_certificate(ca=pki.ca, role=Role.SITE, name="site-new", out_dir=tmp_path, now=NOW, renew=True)
+    with pytest.raises(PkiError, match="exclude each other"):
+        issue_certificate(ca=pki.ca, role=Role.SITE, name="site-r", out_dir=tmp_path, replace=True, renew=True)
+
+
 # ---- real gRPC mutual-TLS handshake on loopback ---------------------------------------------------------
 
 def _who_am_i(request: bytes, context: grpc.ServicerContext) -> bytes:
