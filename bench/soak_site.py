@@ -7,10 +7,10 @@ Run by ``bench/soak.py`` (one process per site)::
 
 It joins, then for every round it is called into walks the real protocol over real mTLS gRPC with the
 real ``SecAggClient`` (``participant.client.CoordinatorClient`` gives the daemon's retries and backoff;
-peer certificates are verified against the CA and CRL as ``participant.site`` does, though only those of
-the site's graph neighbours). Its upload is a
-random, valid prototype-statistics vector (sums (C, b) ~ N(0, 1) clipped to [-4, 4], counts (C,) in
-1..20) of the coordinator's layout length, so no model is trained and torch is never imported.
+peer certificates are verified against the CA and CRL as ``participant.site`` does; the coordinator
+relays only the site's graph neighbours' advertisements). Its upload is a random, valid
+prototype-statistics vector (sums (C, b) ~ N(0, 1) clipped to [-4, 4], counts (C,) in 1..20) of the
+coordinator's layout length, so no model is trained and torch is never imported.
 
 Debug hook (test builds only): the plain input of every round is written to
 ``STATE_DIR/inputs/round-N.npy`` before its masked version is sent, and the published prototypes to
@@ -46,7 +46,6 @@ from participant.config import RetryPolicy, SiteConfig, SiteTls  # noqa: E402
 from proto import federation_pb2 as pb  # noqa: E402
 from proto.settings import PROTOCOL_VERSION, FederationSettings  # noqa: E402
 from security.errors import SecurityError  # noqa: E402
-from security.neighbours import neighbours, round_seed  # noqa: E402
 from security.pki import Role  # noqa: E402
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate  # noqa: E402
 from security.prg import PrgAlgorithm  # noqa: E402
@@ -209,7 +208,7 @@ class SoakSite:
         ads = self._poll("GetAdvertisements", config.train_timeout_s + 2 * config.phase_timeout_s)
         if ads.status != pb.READY:
             raise RoundAbandoned("GetAdvertisements: round aborted")
-        directory, keys = self._directory(ads, k=config.neighbours)
+        directory, keys = self._directory(ads)
         shares = self.secagg.share_keys(directory, verify_keys=keys)
         self.fault("share_keys")
         call("ShareKeys", pb.ShareKeysRequest(federation_id=fed, round=number, shares=[
@@ -244,20 +243,13 @@ class SoakSite:
                    survivors=list(result.survivors), prototypes=int(protos.size), reason=result.abort_reason[:300],
                    bytes_sent=self.round_bytes[0], bytes_received=self.round_bytes[1])
 
-    def _directory(self, ads: pb.Advertisements, *, k: int) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
-        """As ``participant.site``: every advertisement stays; only peers whose certificate verifies get a key.
-
-        Unlike the daemon, which verifies all n certificates, only the k graph neighbours' ones are checked
-        (the only keys the SecAgg client uses): n sites share two cores here, not one machine each.
-        """
+    def _directory(self, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
+        """As ``participant.site``: the relayed advertisements (neighbours' only, under SecAgg+) and the
+        advertiser ids; only peers whose certificate verifies get a key."""
         fed, adverts, keys = self.cfg.federation_id, [], {}
-        graph = neighbours(sorted(ad.site for ad in ads.advertisements), k=k,
-                           round_seed=round_seed(fed, self.round))
         for ad in ads.advertisements:
             adverts.append(AdvertiseKeys(fed, self.round, ad.site, ad.share_public_key, ad.mask_public_key,
                                          ad.signature))
-            if ad.site not in graph.get(self.name, frozenset()):
-                continue
             try:
                 identity = verify_peer_certificate(ad.certificate_pem, ca_cert=self.ca_cert, crl=self.crl,
                                                    allowed_roles=(Role.SITE,), expected_id=ad.site)
@@ -265,7 +257,7 @@ class SoakSite:
                 self.event("untrusted_peer", peer=ad.site, detail=str(exc)[:200])
                 continue
             keys[identity.site_id] = VerifyKey(site_signing_public_key(load_certificate(ad.certificate_pem)))
-        return KeyDirectory(fed, self.round, tuple(adverts)), keys
+        return KeyDirectory(fed, self.round, tuple(adverts), tuple(ads.advertisers)), keys
 
 
 def main(argv: list[str] | None = None) -> int:

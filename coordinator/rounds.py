@@ -79,6 +79,7 @@ class RoundRun:
     submitted: set[str] = field(default_factory=set)
     certificates: dict[str, bytes] = field(default_factory=dict)
     directory: KeyDirectory | None = None
+    directories: dict[str, KeyDirectory] = field(default_factory=dict)  # per site: its neighbours' only
     inbox: dict[str, tuple[EncryptedShare, ...]] | None = None
     unmask_request: UnmaskRequest | None = None
     result: GlobalState | None = None
@@ -350,6 +351,9 @@ class RoundEngine:
             self._wait_phase(run, set(cohort), s.train_timeout_s)
             with self.cond:
                 run.directory = run.server.close_advertisements()
+                # O(k) advertisements per site instead of O(n) (SecAgg+); the full list for a full graph
+                run.directories = {a.site_id: run.server.directory_for(a.site_id)
+                                   for a in run.directory.advertisements}
                 self._advance(run, RoundPhase.SHARE_KEYS, set(cohort))
             advertised = {a.site_id for a in run.directory.advertisements}
             self._wait_phase(run, advertised, s.phase_timeout_s)

@@ -107,11 +107,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         status, run = self.engine.await_directory(current_site(), request.round, self._wait_s(context))
         reply = pb.Advertisements(status=POLL[status], round=request.round)
         if status is Poll.READY and run is not None and run.directory is not None:
+            directory = run.directories.get(current_site(), run.directory)
             reply.advertisements.extend(
                 pb.Advertisement(site=a.site_id, share_public_key=a.share_public_key,
                                  mask_public_key=a.mask_public_key, signature=a.signature,
                                  certificate_pem=run.certificates[a.site_id])
-                for a in run.directory.advertisements)
+                for a in directory.advertisements)
+            reply.advertisers.extend(directory.site_ids)
         return reply
 
     def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> pb.Ack:

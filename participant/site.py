@@ -325,9 +325,10 @@ class SiteDaemon:
     def _directory(self, fed: str, number: int, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
         """Peers' advertisements, with each signing key taken from a certificate this site verified itself.
 
-        Every advertisement stays in the directory (the round graph is derived from all of them); a peer
-        whose certificate fails verification gets no verify key, so the SecAgg client refuses the round
-        if that peer is one of its neighbours.
+        The coordinator relays this site's and its graph neighbours' advertisements plus every advertiser's
+        id (from which the SecAgg client recomputes the round graph), or all advertisements for a full
+        graph. A peer whose certificate fails verification gets no verify key, so the SecAgg client
+        refuses the round if that peer is one of its neighbours.
         """
         adverts, keys = [], {}
         for ad in ads.advertisements:
@@ -339,7 +340,7 @@ class SiteDaemon:
                 logger.warning("%s: %s's certificate is not trusted: %s", self.cfg.site, ad.site, exc)
                 continue
             keys[identity.site_id] = VerifyKey(site_signing_public_key(load_certificate(ad.certificate_pem)))
-        return KeyDirectory(fed, number, tuple(adverts)), keys
+        return KeyDirectory(fed, number, tuple(adverts), tuple(ads.advertisers)), keys
 
     # ------------------------------------------------------------------ evaluation, reports, index
     def evaluate(self) -> float | None:

@@ -20,10 +20,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pfmh_model.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # multi_index builds on this module
+    from pfmh_model.multi_index import MultiIndexHashing
 
 _WORD_BITS = 64
 _MAX_WORDS = 1023            # distances up to 65,472 bits fit the uint16 distance blocks
@@ -333,7 +337,7 @@ class HammingIndex:
         self.bits = int(bits)
         self._blocks: list[np.ndarray] = []
         self._archive_t: np.ndarray | None = None
-        self._mih = None  # MultiIndexHashing over the current archive, built lazily
+        self._mih: MultiIndexHashing | None = None  # over the current archive, built lazily
 
     def __len__(self) -> int:
         return sum(block.shape[0] for block in self._blocks)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/federation.proto\x12\x07pfmh.v1\"$\n\x03\x41\x63k\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x93\x01\n\x0bJoinRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x19\n\x11num_train_records\x18\x03 \x01(\x04\x12\x11\n\timage_dim\x18\x04 \x01(\r\x12\x10\n\x08text_dim\x18\x05 \x01(\r\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\"\x7f\n\tJoinReply\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x15\n\rsettings_json\x18\x03 \x01(\t\x12\x16\n\x0e\x65nrolled_sites\x18\x04 \x03(\t\x12\x12\n\nnext_round\x18\x05 \x01(\x04\"A\n\x13WaitForRoundRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x02 \x01(\x04\"+\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x12\n\nfloat64_le\x18\x02 \x01(\x0c\"\xf3\x02\n\x0bRoundConfig\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\x15\n\rfederation_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\x04\x12\x0e\n\x06\x63ohort\x18\x05 \x03(\t\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x12\n\nneighbours\x18\x07 \x01(\r\x12\x15\n\rfraction_bits\x18\x08 \x01(\r\x12\x15\n\rmax_abs_value\x18\t \x01(\x01\x12\x15\n\rvector_length\x18\n \x01(\x04\x12*\n\x11global_prototypes\x18\x0b \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12%\n\x0cshared_model\x18\x0c \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12\x17\n\x0fphase_timeout_s\x18\r \x01(\x01\x12\x17\n\x0ftrain_timeout_s\x18\x0e \x01(\x01\"2\n\nPhaseQuery\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\"\x82\x01\n\x14\x41\x64vertiseKeysRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10share_public_key\x18\x03 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"|\n\rAdvertisement\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x18\n\x10share_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\x0c\"t\n\x0e\x41\x64vertisements\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12.\n\x0e\x61\x64vertisements\x18\x03 \x03(\x0b\x32\x16.pfmh.v1.Advertisement\"V\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"a\n\x10ShareKeysRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.pfmh.v1.EncryptedShare\"l\n\rSharesForSite\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.pfmh.v1.EncryptedShare\"k\n\x12MaskedInputRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10masked_uint64_le\x18\x03 \x01(\x0c\x12\x15\n\rvector_length\x18\x04 \x01(\x04\"h\n\rUnmaskRequest\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x11\n\tsurvivors\x18\x03 \x03(\t\x12\x10\n\x08\x64ropouts\x18\x04 \x03(\t\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x96\x01\n\x0bUnmaskReply\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x30\n\x10self_seed_shares\x18\x03 \x03(\x0b\x32\x16.pfmh.v1.RevealedShare\x12/\n\x0fmask_key_shares\x18\x04 \x03(\x0b\x32\x16.pfmh.v1.RevealedShare\"\xd7\x01\n\x0bRoundResult\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\x04\x12*\n\x11global_prototypes\x18\x04 \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12%\n\x0cshared_model\x18\x05 \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12\x11\n\tsurvivors\x18\x06 \x03(\t\x12\x14\n\x0c\x61\x62ort_reason\x18\x07 \x01(\t\"4\n\x0cLedgerReport\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\"\xab\x01\n\x0bSiteMetrics\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x0b\n\x03map\x18\x04 \x01(\x01\x12\x15\n\repsilon_spent\x18\x05 \x01(\x01\x12\x13\n\x0b\x65psilon_max\x18\x06 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x07 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x08 \x01(\x01\"5\n\x0cLeaveRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"\x88\x01\n\x0bStatusReply\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\x04\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x12\n\nlive_sites\x18\x05 \x03(\t\x12\x16\n\x0e\x65nrolled_sites\x18\x06 \x03(\t*\\\n\nPollStatus\x12\x1b\n\x17POLL_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0b\n\x07\x41\x42ORTED\x10\x03\x12\x0c\n\x08\x46INISHED\x10\x04\x32\xb2\x06\n\nFederation\x12\x30\n\x04Join\x12\x14.pfmh.v1.JoinRequest\x1a\x12.pfmh.v1.JoinReply\x12\x42\n\x0cWaitForRound\x12\x1c.pfmh.v1.WaitForRoundRequest\x1a\x14.pfmh.v1.RoundConfig\x12<\n\rAdvertiseKeys\x12\x1d.pfmh.v1.AdvertiseKeysRequest\x1a\x0c.pfmh.v1.Ack\x12\x41\n\x11GetAdvertisements\x12\x13.pfmh.v1.PhaseQuery\x1a\x17.pfmh.v1.Advertisements\x12\x34\n\tShareKeys\x12\x19.pfmh.v1.ShareKeysRequest\x1a\x0c.pfmh.v1.Ack\x12\x38\n\tGetShares\x12\x13.pfmh.v1.PhaseQuery\x1a\x16.pfmh.v1.SharesForSite\x12>\n\x11SubmitMaskedInput\x12\x1b.pfmh.v1.MaskedInputRequest\x1a\x0c.pfmh.v1.Ack\x12?\n\x10GetUnmaskRequest\x12\x13.pfmh.v1.PhaseQuery\x1a\x16.pfmh.v1.UnmaskRequest\x12,\n\x06Unmask\x12\x14.pfmh.v1.UnmaskReply\x1a\x0c.pfmh.v1.Ack\x12;\n\x0eGetRoundResult\x12\x13.pfmh.v1.PhaseQuery\x1a\x14.pfmh.v1.RoundResult\x12\x33\n\x0cReportLedger\x12\x15.pfmh.v1.LedgerReport\x1a\x0c.pfmh.v1.Ack\x12\x33\n\rReportMetrics\x12\x14.pfmh.v1.SiteMetrics\x1a\x0c.pfmh.v1.Ack\x12\x39\n\tGetStatus\x12\x16.pfmh.v1.StatusRequest\x1a\x14.pfmh.v1.StatusReply\x12,\n\x05Leave\x12\x15.pfmh.v1.LeaveRequest\x1a\x0c.pfmh.v1.Ackb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16proto/federation.proto\x12\x07pfmh.v1\"$\n\x03\x41\x63k\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x93\x01\n\x0bJoinRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x19\n\x11num_train_records\x18\x03 \x01(\x04\x12\x11\n\timage_dim\x18\x04 \x01(\r\x12\x10\n\x08text_dim\x18\x05 \x01(\r\x12\x13\n\x0bnum_classes\x18\x06 \x01(\r\"\x7f\n\tJoinReply\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x15\n\rsettings_json\x18\x03 \x01(\t\x12\x16\n\x0e\x65nrolled_sites\x18\x04 \x03(\t\x12\x12\n\nnext_round\x18\x05 \x01(\x04\"A\n\x13WaitForRoundRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x02 \x01(\x04\"+\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x12\n\nfloat64_le\x18\x02 \x01(\x0c\"\xf3\x02\n\x0bRoundConfig\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\x15\n\rfederation_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\x04\x12\x0e\n\x06\x63ohort\x18\x05 \x03(\t\x12\x11\n\tthreshold\x18\x06 \x01(\r\x12\x12\n\nneighbours\x18\x07 \x01(\r\x12\x15\n\rfraction_bits\x18\x08 \x01(\r\x12\x15\n\rmax_abs_value\x18\t \x01(\x01\x12\x15\n\rvector_length\x18\n \x01(\x04\x12*\n\x11global_prototypes\x18\x0b \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12%\n\x0cshared_model\x18\x0c \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12\x17\n\x0fphase_timeout_s\x18\r \x01(\x01\x12\x17\n\x0ftrain_timeout_s\x18\x0e \x01(\x01\"2\n\nPhaseQuery\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\"\x82\x01\n\x14\x41\x64vertiseKeysRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10share_public_key\x18\x03 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"|\n\rAdvertisement\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x18\n\x10share_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x05 \x01(\x0c\"\x89\x01\n\x0e\x41\x64vertisements\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12.\n\x0e\x61\x64vertisements\x18\x03 \x03(\x0b\x32\x16.pfmh.v1.Advertisement\x12\x13\n\x0b\x61\x64vertisers\x18\x04 \x03(\t\"V\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"a\n\x10ShareKeysRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.pfmh.v1.EncryptedShare\"l\n\rSharesForSite\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12\'\n\x06shares\x18\x03 \x03(\x0b\x32\x17.pfmh.v1.EncryptedShare\"k\n\x12MaskedInputRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10masked_uint64_le\x18\x03 \x01(\x0c\x12\x15\n\rvector_length\x18\x04 \x01(\x04\"h\n\rUnmaskRequest\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x11\n\tsurvivors\x18\x03 \x03(\t\x12\x10\n\x08\x64ropouts\x18\x04 \x03(\t\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x96\x01\n\x0bUnmaskReply\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x30\n\x10self_seed_shares\x18\x03 \x03(\x0b\x32\x16.pfmh.v1.RevealedShare\x12/\n\x0fmask_key_shares\x18\x04 \x03(\x0b\x32\x16.pfmh.v1.RevealedShare\"\xd7\x01\n\x0bRoundResult\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.pfmh.v1.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\x04\x12*\n\x11global_prototypes\x18\x04 \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12%\n\x0cshared_model\x18\x05 \x01(\x0b\x32\x0f.pfmh.v1.Tensor\x12\x11\n\tsurvivors\x18\x06 \x03(\t\x12\x14\n\x0c\x61\x62ort_reason\x18\x07 \x01(\t\"4\n\x0cLedgerReport\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05lines\x18\x02 \x03(\t\"\xab\x01\n\x0bSiteMetrics\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x0b\n\x03map\x18\x04 \x01(\x01\x12\x15\n\repsilon_spent\x18\x05 \x01(\x01\x12\x13\n\x0b\x65psilon_max\x18\x06 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x07 \x01(\x01\x12\x15\n\rtrain_seconds\x18\x08 \x01(\x01\"5\n\x0cLeaveRequest\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"\x88\x01\n\x0bStatusReply\x12\x15\n\rfederation_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\x04\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x12\n\nlive_sites\x18\x05 \x03(\t\x12\x16\n\x0e\x65nrolled_sites\x18\x06 \x03(\t*\\\n\nPollStatus\x12\x1b\n\x17POLL_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0b\n\x07\x41\x42ORTED\x10\x03\x12\x0c\n\x08\x46INISHED\x10\x04\x32\xb2\x06\n\nFederation\x12\x30\n\x04Join\x12\x14.pfmh.v1.JoinRequest\x1a\x12.pfmh.v1.JoinReply\x12\x42\n\x0cWaitForRound\x12\x1c.pfmh.v1.WaitForRoundRequest\x1a\x14.pfmh.v1.RoundConfig\x12<\n\rAdvertiseKeys\x12\x1d.pfmh.v1.AdvertiseKeysRequest\x1a\x0c.pfmh.v1.Ack\x12\x41\n\x11GetAdvertisements\x12\x13.pfmh.v1.PhaseQuery\x1a\x17.pfmh.v1.Advertisements\x12\x34\n\tShareKeys\x12\x19.pfmh.v1.ShareKeysRequest\x1a\x0c.pfmh.v1.Ack\x12\x38\n\tGetShares\x12\x13.pfmh.v1.PhaseQuery\x1a\x16.pfmh.v1.SharesForSite\x12>\n\x11SubmitMaskedInput\x12\x1b.pfmh.v1.MaskedInputRequest\x1a\x0c.pfmh.v1.Ack\x12?\n\x10GetUnmaskRequest\x12\x13.pfmh.v1.PhaseQuery\x1a\x16.pfmh.v1.UnmaskRequest\x12,\n\x06Unmask\x12\x14.pfmh.v1.UnmaskReply\x1a\x0c.pfmh.v1.Ack\x12;\n\x0eGetRoundResult\x12\x13.pfmh.v1.PhaseQuery\x1a\x14.pfmh.v1.RoundResult\x12\x33\n\x0cReportLedger\x12\x15.pfmh.v1.LedgerReport\x1a\x0c.pfmh.v1.Ack\x12\x33\n\rReportMetrics\x12\x14.pfmh.v1.SiteMetrics\x1a\x0c.pfmh.v1.Ack\x12\x39\n\tGetStatus\x12\x16.pfmh.v1.StatusRequest\x1a\x14.pfmh.v1.StatusReply\x12,\n\x05Leave\x12\x15.pfmh.v1.LeaveRequest\x1a\x0c.pfmh.v1.Ackb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLLSTATUS']._serialized_start=2636
-  _globals['_POLLSTATUS']._serialized_end=2728
+  _globals['_POLLSTATUS']._serialized_start=2658
+  _globals['_POLLSTATUS']._serialized_end=2750
   _globals['_ACK']._serialized_start=35
   _globals['_ACK']._serialized_end=71
   _globals['_JOINREQUEST']._serialized_start=74
@@ -51,34 +51,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADVERTISEKEYSREQUEST']._serialized_end=1021
   _globals['_ADVERTISEMENT']._serialized_start=1023
   _globals['_ADVERTISEMENT']._serialized_end=1147
-  _globals['_ADVERTISEMENTS']._serialized_start=1149
-  _globals['_ADVERTISEMENTS']._serialized_end=1265
-  _globals['_ENCRYPTEDSHARE']._serialized_start=1267
-  _globals['_ENCRYPTEDSHARE']._serialized_end=1353
-  _globals['_SHAREKEYSREQUEST']._serialized_start=1355
-  _globals['_SHAREKEYSREQUEST']._serialized_end=1452
-  _globals['_SHARESFORSITE']._serialized_start=1454
-  _globals['_SHARESFORSITE']._serialized_end=1562
-  _globals['_MASKEDINPUTREQUEST']._serialized_start=1564
-  _globals['_MASKEDINPUTREQUEST']._serialized_end=1671
-  _globals['_UNMASKREQUEST']._serialized_start=1673
-  _globals['_UNMASKREQUEST']._serialized_end=1777
-  _globals['_REVEALEDSHARE']._serialized_start=1779
-  _globals['_REVEALEDSHARE']._serialized_end=1824
-  _globals['_UNMASKREPLY']._serialized_start=1827
-  _globals['_UNMASKREPLY']._serialized_end=1977
-  _globals['_ROUNDRESULT']._serialized_start=1980
-  _globals['_ROUNDRESULT']._serialized_end=2195
-  _globals['_LEDGERREPORT']._serialized_start=2197
-  _globals['_LEDGERREPORT']._serialized_end=2249
-  _globals['_SITEMETRICS']._serialized_start=2252
-  _globals['_SITEMETRICS']._serialized_end=2423
-  _globals['_LEAVEREQUEST']._serialized_start=2425
-  _globals['_LEAVEREQUEST']._serialized_end=2478
-  _globals['_STATUSREQUEST']._serialized_start=2480
-  _globals['_STATUSREQUEST']._serialized_end=2495
-  _globals['_STATUSREPLY']._serialized_start=2498
-  _globals['_STATUSREPLY']._serialized_end=2634
-  _globals['_FEDERATION']._serialized_start=2731
-  _globals['_FEDERATION']._serialized_end=3549
+  _globals['_ADVERTISEMENTS']._serialized_start=1150
+  _globals['_ADVERTISEMENTS']._serialized_end=1287
+  _globals['_ENCRYPTEDSHARE']._serialized_start=1289
+  _globals['_ENCRYPTEDSHARE']._serialized_end=1375
+  _globals['_SHAREKEYSREQUEST']._serialized_start=1377
+  _globals['_SHAREKEYSREQUEST']._serialized_end=1474
+  _globals['_SHARESFORSITE']._serialized_start=1476
+  _globals['_SHARESFORSITE']._serialized_end=1584
+  _globals['_MASKEDINPUTREQUEST']._serialized_start=1586
+  _globals['_MASKEDINPUTREQUEST']._serialized_end=1693
+  _globals['_UNMASKREQUEST']._serialized_start=1695
+  _globals['_UNMASKREQUEST']._serialized_end=1799
+  _globals['_REVEALEDSHARE']._serialized_start=1801
+  _globals['_REVEALEDSHARE']._serialized_end=1846
+  _globals['_UNMASKREPLY']._serialized_start=1849
+  _globals['_UNMASKREPLY']._serialized_end=1999
+  _globals['_ROUNDRESULT']._serialized_start=2002
+  _globals['_ROUNDRESULT']._serialized_end=2217
+  _globals['_LEDGERREPORT']._serialized_start=2219
+  _globals['_LEDGERREPORT']._serialized_end=2271
+  _globals['_SITEMETRICS']._serialized_start=2274
+  _globals['_SITEMETRICS']._serialized_end=2445
+  _globals['_LEAVEREQUEST']._serialized_start=2447
+  _globals['_LEAVEREQUEST']._serialized_end=2500
+  _globals['_STATUSREQUEST']._serialized_start=2502
+  _globals['_STATUSREQUEST']._serialized_end=2517
+  _globals['_STATUSREPLY']._serialized_start=2520
+  _globals['_STATUSREPLY']._serialized_end=2656
+  _globals['_FEDERATION']._serialized_start=2753
+  _globals['_FEDERATION']._serialized_end=3571
 # @@protoc_insertion_point(module_scope)

@@ -143,14 +143,16 @@ class Advertisement(_message.Message):
     def __init__(self, site: _Optional[str] = ..., share_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate_pem: _Optional[bytes] = ...) -> None: ...
 
 class Advertisements(_message.Message):
-    __slots__ = ("status", "round", "advertisements")
+    __slots__ = ("status", "round", "advertisements", "advertisers")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ADVERTISEMENTS_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISERS_FIELD_NUMBER: _ClassVar[int]
     status: PollStatus
     round: int
     advertisements: _containers.RepeatedCompositeFieldContainer[Advertisement]
-    def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., advertisements: _Optional[_Iterable[_Union[Advertisement, _Mapping]]] = ...) -> None: ...
+    advertisers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., advertisements: _Optional[_Iterable[_Union[Advertisement, _Mapping]]] = ..., advertisers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EncryptedShare(_message.Message):
     __slots__ = ("sender", "recipient", "nonce", "ciphertext")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: compact key directories (Advertisements.advertisers)
 
 
 class SettingsError(Exception):

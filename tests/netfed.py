@@ -96,6 +96,8 @@ class ScriptedSite:
                                    config=SecAggConfig(federation_id=FED, vector_length=vector_length,
                                                        fraction_bits=settings.secagg.fraction_bits,
                                                        max_abs_value=settings.secagg.max_abs_value,
+                                                       neighbours=settings.secagg.neighbours or None,
+                                                       threshold=settings.secagg.threshold or None,
                                                        prg=PrgAlgorithm(settings.secagg.prg)))
         self.round = 0
         self.settings = settings
@@ -140,7 +142,7 @@ class ScriptedSite:
                 for a in ads.advertisements}
         directory = KeyDirectory(FED, self.round, tuple(
             AdvertiseKeys(FED, self.round, a.site, a.share_public_key, a.mask_public_key, a.signature)
-            for a in ads.advertisements))
+            for a in ads.advertisements), tuple(ads.advertisers))
         shares = self.secagg.share_keys(directory, verify_keys=keys)
         self.stub.ShareKeys(pb.ShareKeysRequest(federation_id=FED, round=self.round, shares=[
             pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]),

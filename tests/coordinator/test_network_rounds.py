@@ -210,3 +210,33 @@ def test_leave_mid_federation_stalls_it_and_leave_after_the_last_round_is_quiet(
         assert "only 2 sites remain < min_sites 3" in engine.stalled
         assert reply.status == pb.FINISHED and engine.state.completed_rounds == 0
         assert any(r.levelname == "ERROR" and "cannot continue" in r.getMessage() for r in caplog.records)
+
+
+def test_secagg_plus_relays_each_site_only_its_neighbours_keys(tmp_path: Path) -> None:
+    # Prepare: 6 sites on a sparse SecAgg+ graph (k = 4 of 5 possible neighbours)
+    names = SITES[:6]
+    pki = make_pki(tmp_path, names)
+    cfg = _cfg(tmp_path, names)
+    cfg = replace(cfg, federation=replace(cfg.federation, secagg=replace(cfg.federation.secagg, neighbours=4)))
+    with coordinator(tmp_path, cfg) as (port, engine):
+        sites, layout = _sites(port, pki, cfg, names)
+        vectors = _inputs(layout, 6)
+        configs = [s.wait_round(0) for s in sites]
+        for s, c in zip(sites, configs, strict=True):
+            s.advertise(c)
+        # Execute: what each site is sent in the key-directory phase, then the rest of the round
+        directories = [s.poll("GetAdvertisements") for s in sites]
+        for s in sites:
+            s.share_keys()
+        for s, v in zip(sites, vectors, strict=True):
+            s.masked_input(v)
+        for s in sites:
+            s.unmask()
+        results = [s.result() for s in sites]
+        # Assert: own + 4 neighbours' advertisements (not all 6) plus the 6 advertiser ids; exact sum
+        for name, ads in zip(names, directories, strict=True):
+            assert len(ads.advertisements) == 5 and name in {a.site for a in ads.advertisements}
+            assert list(ads.advertisers) == names
+        assert all(r.status == pb.READY for r in results)
+        got = np.frombuffer(results[0].global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
+        np.testing.assert_allclose(got, _expected(layout, vectors), atol=1e-5)
