@@ -70,6 +70,24 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pivot(rows: list[dict]) -> str:
+    """One table per (dataset, alpha): methods x bits, each cell "per-site / global" (mean over seeds)."""
+    out = []
+    for dataset, alpha in sorted({(r["dataset"], r["alpha"]) for r in rows}):
+        mine = [r for r in rows if r["dataset"] == dataset and r["alpha"] == alpha]
+        bits = sorted({r["bits"] for r in mine})
+        out += [f"\n{dataset}, alpha {alpha}: per-site mean mAP / global mAP",
+                "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+        for method in sorted({r["method"] for r in mine}):
+            cells = []
+            for b in bits:
+                got = [r for r in mine if r["method"] == method and r["bits"] == b]
+                cells.append(f"{np.mean([r['mean_site_map'] for r in got]):.3f} / "
+                             f"{np.mean([r['global_map'] for r in got]):.3f}" if got else "-")
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["synthetic=synthetic:mirflickr"],
@@ -114,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"seed {row['seed']}: site {row['mean_site_map']:.3f} global {row['global_map']:.3f} "
                   f"({row['seconds']:.0f}s)", flush=True)
     print(_table(rows))
+    print(_pivot(rows))
     return 0
 
 
