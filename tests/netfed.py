@@ -215,3 +215,14 @@ def site_daemon(tmp: Path, name: str, port: int, **kwargs):  # noqa: ANN003, ANN
         tls=SiteTls(ca_cert=f"pki/{name}/ca.crt", cert=f"pki/{name}/tls.crt", key=f"pki/{name}/tls.key",
                     signing_key=f"pki/{name}/signing.key", crl="pki/ca/crl.pem"),
         state_dir=f"state/{name}", privacy=SitePrivacy(require_dp=False)), base=tmp, **kwargs)
+
+
+def join_sites(port: int, pki: Pki, cfg: CoordinatorConfig, names: list[str]) -> list[ScriptedSite]:
+    """A joined ``ScriptedSite`` per name, sized for the federation's upload layout."""
+    from coordinator.server import upload_layout
+
+    length = upload_layout(cfg.federation).length
+    sites = [ScriptedSite(n, port, pki, cfg.federation, length) for n in names]
+    for site in sites:
+        site.join()
+    return sites

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from coordinator.server import run_server, upload_layout
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
-from tests.netfed import FED, ScriptedSite, channel, coordinator_config, make_pki
+from tests.netfed import FED, channel, coordinator_config, join_sites, make_pki
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "pfmh.json"
 SITES = ["site-a", "site-b", "site-c", "site-d"]
@@ -64,9 +64,7 @@ def _query(base: str, expr: str) -> dict:
 def _federate(port: int, pki, cfg) -> None:  # noqa: ANN001
     """One completed round with a dropout, one aborted round, site reports, and refused calls."""
     layout = upload_layout(cfg.federation)
-    sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in SITES]
-    for s in sites:
-        s.join()
+    sites = join_sites(port, pki, cfg, SITES)
     configs = [s.wait_round(0) for s in sites]
     for s, c in zip(sites, configs, strict=True):
         s.advertise(c)

@@ -31,7 +31,7 @@ from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
 from security import shamir
 from security.errors import SecurityError
-from tests.netfed import FED, ScriptedSite, channel, coordinator, coordinator_config, make_pki
+from tests.netfed import FED, ScriptedSite, channel, coordinator, coordinator_config, join_sites, make_pki
 
 SITES = ["site-a", "site-b", "site-c"]
 SERVICE = pb.DESCRIPTOR.services_by_name["Federation"]
@@ -261,9 +261,7 @@ def test_every_handler_survives_hostile_input_and_a_round_still_completes(tmp_pa
         assert engine.current is None, "the barrage alone must not start a round"
 
         # Execute 2: a round with site-a hostile inside every phase (Leave is left out: it would drop a)
-        sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in SITES]
-        for s in sites:
-            s.join()
+        sites = join_sites(port, pki, cfg, SITES)
         configs = [s.wait_round(0) for s in sites]
         barrage = Barrage(rng, round_number=configs[0].round, vector_length=layout.length, counts=(6, 12))
 
@@ -291,9 +289,7 @@ def test_every_handler_survives_hostile_input_and_a_round_still_completes(tmp_pa
         rss_after = _rss_mb()
 
         # Execute 3: an honest round
-        sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in SITES]
-        for s in sites:
-            s.join()
+        sites = join_sites(port, pki, cfg, SITES)
         vectors = [np.full(layout.length, float(k + 1)) for k in range(len(sites))]
         configs = [s.wait_round(configs[0].round) for s in sites]
         for s, c in zip(sites, configs, strict=True):
@@ -337,9 +333,7 @@ def test_a_sum_that_is_no_valid_aggregate_aborts_the_round_and_rounds_go_on(tmp_
     cfg = replace(cfg, server=replace(cfg.server, long_poll_s=0.25, gather_s=0.3))
     with coordinator(tmp_path, cfg) as (port, engine):
         layout = upload_layout(cfg.federation)
-        sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in SITES]
-        for s in sites:
-            s.join()
+        sites = join_sites(port, pki, cfg, SITES)
         # Execute
         configs = [s.wait_round(0) for s in sites]
         for s, c in zip(sites, configs, strict=True):

@@ -14,7 +14,15 @@ from proto.settings import PROTOCOL_VERSION
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate, revoke
 from security.pki_verify import load_certificate
-from tests.netfed import FED, ScriptedSite, channel, coordinator, coordinator_config, expired_site_cert, make_pki
+from tests.netfed import (
+    FED,
+    channel,
+    coordinator,
+    coordinator_config,
+    expired_site_cert,
+    join_sites,
+    make_pki,
+)
 
 SITES = ["site-a", "site-b", "site-c"]
 
@@ -81,9 +89,7 @@ def test_refused_callers_do_not_affect_the_round(federation) -> None:  # noqa: A
     intruder = channel(port, *pki.site_files("intruder"))
     revoked = channel(port, *pki.site_files("revoked-site"))
     layout = upload_layout(cfg.federation)
-    sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in SITES]
-    for s in sites:
-        s.join()
+    sites = join_sites(port, pki, cfg, SITES)
     configs = [s.wait_round(0) for s in sites]
     # Assert: the cohort holds only the authenticated, enrolled, live sites
     assert sorted(configs[0].cohort) == SITES

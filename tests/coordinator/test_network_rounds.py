@@ -11,7 +11,7 @@ import pytest
 from coordinator.server import upload_layout
 from pfmh_model.prototypes import PrototypeStats, global_prototypes
 from proto import federation_pb2 as pb
-from tests.netfed import FED, ScriptedSite, coordinator, coordinator_config, make_pki
+from tests.netfed import FED, ScriptedSite, coordinator, coordinator_config, join_sites, make_pki
 
 SITES = ["site-a", "site-b", "site-c", "site-d", "site-e", "site-f"]
 
@@ -55,9 +55,7 @@ def _run_round(sites: list[ScriptedSite], vectors: list[np.ndarray], *, after: i
 
 def _sites(port, pki, cfg, names):
     layout = upload_layout(cfg.federation)
-    sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in names]
-    for s in sites:
-        s.join()
+    sites = join_sites(port, pki, cfg, names)
     return sites, layout
 
 

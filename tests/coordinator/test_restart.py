@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.config import load_config
-from coordinator.server import upload_layout
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
-from tests.netfed import FED, ScriptedSite, make_pki
+from tests.netfed import FED, ScriptedSite, join_sites, make_pki
 
 SITES = ["site-a", "site-b", "site-c"]
 TOML = """
@@ -64,11 +63,7 @@ def _start(tmp: Path) -> tuple[subprocess.Popen, int]:
 
 def _sites(tmp: Path, port: int, pki) -> list[ScriptedSite]:  # noqa: ANN001
     cfg = load_config(tmp / "c.toml")
-    layout = upload_layout(cfg.federation)
-    sites = [ScriptedSite(n, port, pki, cfg.federation, layout.length) for n in SITES]
-    for s in sites:
-        s.join()
-    return sites
+    return join_sites(port, pki, cfg, SITES)
 
 
 def _complete_round(sites: list[ScriptedSite], after: int) -> pb.RoundResult:
