@@ -28,7 +28,7 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
 from pfmh_model.local_round import aggregator
 from proto.settings import FederationSettings
-from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
+from security.errors import RoundAborted, SecurityError, StageOutOfOrder
 from security.prg import PrgAlgorithm
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
@@ -173,7 +173,8 @@ class RoundEngine:
     def _run(self, round_number: int, phase: RoundPhase) -> RoundRun:
         run = self.runs.get(round_number)
         if run is None:
-            raise InvalidMessage(f"round {round_number} is not in progress (current round: "
+            # FAILED_PRECONDITION, like a closed phase: a late site loses the round, not its place
+            raise StageOutOfOrder(f"round {round_number} is not in progress (current round: "
                                  f"{self.current.number if self.current else 'none'})")
         if run.phase is not phase:
             raise StageOutOfOrder(f"round {round_number} is in phase {run.phase}, not {phase}")

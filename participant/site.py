@@ -79,8 +79,7 @@ def round_moved_on(exc: CoordinatorError) -> bool:
     A slow site (training past the train timeout, a long pause, a restart) sends into a phase
     that has closed or a round that has ended; that costs it the round, not its membership.
     """
-    return exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED) or (
-        exc.code == grpc.StatusCode.INVALID_ARGUMENT and "is not in progress" in exc.detail)
+    return exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED)
 
 
 class SiteDaemon:

@@ -226,3 +226,21 @@ def join_sites(port: int, pki: Pki, cfg: CoordinatorConfig, names: list[str]) ->
     for site in sites:
         site.join()
     return sites
+
+
+def run_daemons(daemons: list, timeout_s: float = 120) -> list[int]:
+    """Run each ``SiteDaemon`` in its own thread until all return; their exit codes, in order."""
+    import threading
+
+    codes: list[int | None] = [None] * len(daemons)
+
+    def run(k: int) -> None:
+        codes[k] = daemons[k].run()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(daemons))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    assert not any(t.is_alive() for t in threads), f"daemons still running after {timeout_s}s"
+    return codes  # type: ignore[return-value]

@@ -148,7 +148,7 @@ def test_hostile_messages_are_rejected_and_the_server_keeps_serving(tmp_path: Pa
         old = pb.AdvertiseKeysRequest(federation_id=FED, round=a.round - 1 if a.round > 1 else 99,
                                       share_public_key=advert.share_public_key,
                                       mask_public_key=advert.mask_public_key, signature=advert.signature)
-        assert refused(lambda: a.stub.AdvertiseKeys(old, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused(lambda: a.stub.AdvertiseKeys(old, timeout=5)) == grpc.StatusCode.FAILED_PRECONDITION
         # wrong federation
         other = pb.PhaseQuery(federation_id="other", round=a.round)
         assert refused(lambda: a.stub.GetShares(other, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT

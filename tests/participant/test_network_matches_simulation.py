@@ -2,7 +2,6 @@
 global prototypes as the in-process simulation with the same data and seeds."""
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.trainer_factory import train_config
-from tests.netfed import coordinator, coordinator_config, site_daemon, write_site_files
+from tests.netfed import coordinator, coordinator_config, run_daemons, site_daemon, write_site_files
 
 SITES = ["site-a", "site-b", "site-c"]
 TRAIN = {"bits": 16, "hidden": 32, "width": 16, "personal_epochs": 1, "shared_epochs": 1, "seed": 3}
@@ -30,12 +29,7 @@ def test_networked_round_equals_in_process_simulation(tmp_path: Path, method: st
     # Execute: the network
     with coordinator(tmp_path, cfg) as (port, engine):
         daemons = [site_daemon(tmp_path, name, port) for name in SITES]
-        codes: list[int] = []
-        threads = [threading.Thread(target=lambda d=d: codes.append(d.run())) for d in daemons]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        codes = run_daemons(daemons, 300)
         networked = engine.state.prototypes
         assert engine.state.completed_rounds == 1
     assert codes == [0, 0, 0]

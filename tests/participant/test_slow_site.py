@@ -1,7 +1,6 @@
 """A site too slow for a phase loses that round, not its membership: it takes part in the next one."""
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 
 from participant.client import CoordinatorError
 from participant.site import RoundReport, round_moved_on
-from tests.netfed import coordinator, coordinator_config, site_daemon, write_site_files
+from tests.netfed import coordinator, coordinator_config, run_daemons, site_daemon, write_site_files
 
 SITES = ["site-a", "site-b", "site-c"]
 TRAIN = {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1, "shared_epochs": 1, "seed": 1}
@@ -20,7 +19,7 @@ TRAIN = {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1, "shared_epoc
 def test_refusals_that_mean_the_round_moved_on() -> None:
     assert round_moved_on(CoordinatorError("ShareKeys", grpc.StatusCode.FAILED_PRECONDITION,
                                            "round 1 is in phase masked_input, not share_keys"))
-    assert round_moved_on(CoordinatorError("AdvertiseKeys", grpc.StatusCode.INVALID_ARGUMENT,
+    assert round_moved_on(CoordinatorError("AdvertiseKeys", grpc.StatusCode.FAILED_PRECONDITION,
                                            "round 1 is not in progress (current round: 2)"))
     assert not round_moved_on(CoordinatorError("SubmitMaskedInput", grpc.StatusCode.INVALID_ARGUMENT,
                                                "vector has 10 values, expected 12"))
@@ -46,13 +45,7 @@ def test_site_that_misses_the_train_timeout_rejoins_next_round(tmp_path: Path) -
             return train()
 
         slow._train = slow_first_round  # type: ignore[method-assign]
-        codes: list[int] = []
-        threads = [threading.Thread(target=lambda d=d: codes.append(d.run())) for d in daemons]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in threads)
+        codes = run_daemons(daemons, 120)
         assert engine.state.completed_rounds == 2
     # Assert: every daemon exited normally; site-c lost round 1 and took part in round 2
     assert codes == [0, 0, 0]
