@@ -62,30 +62,38 @@ def _table(rows: list[dict]) -> str:
     lines = ["| dataset | alpha | method | bits | per-site mean mAP | global mAP | seeds | s/run |",
              "|---|---|---|---|---|---|---|---|"]
     for (dataset, alpha, method, bits), items in sorted(groups.items()):
-        site = np.array([r["mean_site_map"] for r in items])
-        glob = np.array([r["global_map"] for r in items])
-        spread = (lambda a: f"{a.mean():.3f} ± {a.std():.3f}") if len(items) > 1 else (lambda a: f"{a.mean():.3f}")
-        lines.append(f"| {dataset} | {alpha} | {method} | {bits} | {spread(site)} | {spread(glob)} | {len(items)} | "
+        site = [r["mean_site_map"] for r in items]
+        glob = [r["global_map"] for r in items]
+        lines.append(f"| {dataset} | {alpha} | {method} | {bits} | {_spread(site)} | {_spread(glob)} | {len(items)} | "
                      f"{np.mean([r['seconds'] for r in items]):.0f} |")
     return "\n".join(lines)
 
 
 def _pivot(rows: list[dict]) -> str:
-    """One table per (dataset, alpha): methods x bits, each cell "per-site / global" (mean over seeds)."""
+    """One table per (dataset, alpha): methods x bits, each cell "per-site / global", mean ± std over seeds."""
     out = []
     for dataset, alpha in sorted({(r["dataset"], r["alpha"]) for r in rows}):
         mine = [r for r in rows if r["dataset"] == dataset and r["alpha"] == alpha]
         bits = sorted({r["bits"] for r in mine})
-        out += [f"\n{dataset}, alpha {alpha}: per-site mean mAP / global mAP",
+        seeds = sorted({len([r for r in mine if (r["method"], r["bits"]) == key])
+                        for key in {(r["method"], r["bits"]) for r in mine}})
+        shown = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+        out += [f"\n{dataset}, alpha {alpha}: per-site mean mAP / global mAP ({shown} seeds per cell, mean ± std)",
                 "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
         for method in sorted({r["method"] for r in mine}):
             cells = []
             for b in bits:
                 got = [r for r in mine if r["method"] == method and r["bits"] == b]
-                cells.append(f"{np.mean([r['mean_site_map'] for r in got]):.3f} / "
-                             f"{np.mean([r['global_map'] for r in got]):.3f}" if got else "-")
+                cells.append(f"{_spread([r['mean_site_map'] for r in got])} / "
+                             f"{_spread([r['global_map'] for r in got])}" if got else "-")
             out.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def _spread(values: list[float]) -> str:
+    """Mean, with the population std when there is more than one seed."""
+    a = np.array(values)
+    return f"{a.mean():.3f} ± {a.std():.3f}" if len(a) > 1 else f"{a.mean():.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

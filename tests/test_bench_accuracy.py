@@ -1,0 +1,46 @@
+"""The accuracy sweep script on the tiny synthetic preset: rows land in the JSON-lines file, seeds are
+summarised as mean ± std, and ``--resume`` runs nothing twice (the docs' tables come from this script)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.bench_accuracy import _pivot, _spread, main
+
+TINY = ["--data", "tiny=synthetic:tiny", "--methods", "pfmh,local", "--bits", "16", "--sites", "2",
+        "--rounds", "1", "--epochs", "1", "--workers", "1"]
+
+
+def test_spread_is_mean_alone_for_one_seed_and_mean_plus_std_for_more() -> None:
+    assert _spread([0.5]) == "0.500"
+    assert _spread([0.4, 0.6]) == "0.500 ± 0.100"
+
+
+def test_pivot_puts_methods_in_rows_and_bits_in_columns() -> None:
+    rows = [{"dataset": "d", "alpha": 0.1, "method": m, "bits": b, "mean_site_map": s, "global_map": g}
+            for m, b, s, g in [("pfmh", 16, 0.8, 0.6), ("pfmh", 16, 0.6, 0.4), ("pfmh", 32, 0.7, 0.5),
+                               ("local", 16, 0.5, 0.3)]]
+    table = _pivot(rows).splitlines()
+    assert table[1] == "d, alpha 0.1: per-site mean mAP / global mAP (1-2 seeds per cell, mean ± std)"
+    assert table[2] == "| method | 16 bits | 32 bits |"
+    assert table[4] == "| local | 0.500 / 0.300 | - |"
+    assert table[5] == "| pfmh | 0.700 ± 0.100 / 0.500 ± 0.100 | 0.700 / 0.500 |"
+
+
+def test_sweep_writes_one_row_per_cell_and_resume_skips_finished_cells(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    out = tmp_path / "acc.jsonl"
+    # Execute: two seeds, then the same sweep again with --resume
+    assert main([*TINY, "--seeds", "0", "1", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert main([*TINY, "--seeds", "0", "1", "--out", str(out), "--resume"]) == 0
+    again = capsys.readouterr().out
+    # Assert
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("local", 0), ("local", 1), ("pfmh", 0), ("pfmh", 1)]
+    assert all(0.0 <= r["mean_site_map"] <= 1.0 and 0.0 <= r["global_map"] <= 1.0 for r in rows)
+    assert "4 cells, 4 to run" in first and "4 cells, 0 to run" in again
+    assert "(2 seeds per cell, mean ± std)" in again and " ± " in again.split("| pfmh |")[-1]
