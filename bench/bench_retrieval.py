@@ -22,7 +22,8 @@ from functools import partial  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pfmh_model.multi_index import MultiIndexHashing  # noqa: E402
-from pfmh_model.retrieval import pack_codes, search  # noqa: E402
+from pfmh_model.packed_codes import pack_codes  # noqa: E402
+from pfmh_model.retrieval import search  # noqa: E402
 
 
 def _codes(kind: str, n: int, bits: int, rng: np.random.Generator, centres: np.ndarray,

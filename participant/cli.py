@@ -69,7 +69,7 @@ def join(args: argparse.Namespace) -> int:
 def search(args: argparse.Namespace) -> int:
     from pfmh_model.data import load_h5
     from pfmh_model.evaluation import mean_average_precision
-    from pfmh_model.retrieval import HammingIndex
+    from pfmh_model.hamming_index import HammingIndex
     from pfmh_model.trainer_factory import make_trainer
     from proto.settings import FederationSettings
 

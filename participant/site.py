@@ -27,6 +27,7 @@ from pfmh_model.aggregation import UploadLayout
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.fedhap import FedHAPTrainer
+from pfmh_model.hamming_index import HammingIndex
 from pfmh_model.local_round import (
     initial_prototypes,
     make_upload,
@@ -36,7 +37,6 @@ from pfmh_model.local_round import (
     train_pfmh_site,
 )
 from pfmh_model.prototypes import PrototypeStats
-from pfmh_model.retrieval import HammingIndex
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
 from proto import federation_pb2 as pb

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from pfmh_model.errors import ConfigError, DataError
-from pfmh_model.retrieval import chunk_rows, distance_block, pack_codes
+from pfmh_model.packed_codes import pack_codes
+from pfmh_model.retrieval import chunk_rows, distance_block
 
 _BLOCK_ELEMENTS = 1 << 22
 

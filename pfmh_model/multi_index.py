@@ -25,14 +25,8 @@ from itertools import combinations
 import numpy as np
 
 from pfmh_model.errors import ConfigError, DataError
-from pfmh_model.retrieval import (
-    SearchResult,
-    check_packed,
-    chunk_rows,
-    distance_block,
-    search_transposed,
-    words_for,
-)
+from pfmh_model.packed_codes import check_packed, words_for
+from pfmh_model.retrieval import SearchResult, chunk_rows, distance_block, search_transposed
 
 _MAX_SUBSTRING_BITS = 24
 _CANDIDATE_WEIGHT = 0.25                # a candidate costs about a quarter of a bucket probe

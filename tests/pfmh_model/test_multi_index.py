@@ -6,7 +6,8 @@ import pytest
 
 from pfmh_model.errors import ConfigError, DataError
 from pfmh_model.multi_index import MultiIndexHashing, substring_keys
-from pfmh_model.retrieval import pack_codes, search
+from pfmh_model.packed_codes import pack_codes
+from pfmh_model.retrieval import search
 
 
 def _clustered(rng: np.random.Generator, n: int, centres: np.ndarray, flip: float) -> np.ndarray:

@@ -1,20 +1,13 @@
-"""Packing, Hamming distances, ranking and exact top-k search against a brute-force float reference."""
+"""Packing, Hamming distances, ranking, exact top-k search and HammingIndex against a brute-force float reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from pfmh_model.errors import ConfigError, DataError
-from pfmh_model.retrieval import (
-    HammingIndex,
-    SearchResult,
-    hamming_distances,
-    hamming_rank,
-    kth_threshold,
-    pack_codes,
-    search,
-    unpack_codes,
-)
+from pfmh_model.hamming_index import HammingIndex
+from pfmh_model.packed_codes import pack_codes, unpack_codes
+from pfmh_model.retrieval import SearchResult, hamming_distances, hamming_rank, kth_threshold, search
 
 BIT_LENGTHS = (1, 8, 16, 32, 63, 64, 65, 128, 257)
 
@@ -212,9 +205,9 @@ def test_hamming_index_add_search_save_load(tmp_path) -> None:
 @pytest.mark.parametrize("k", [1, 100, 5000])
 def test_hamming_index_switches_to_multi_index_hashing_with_the_same_answer(monkeypatch, k: int) -> None:
     # Prepare: clustered codes (like learned ones), the MIH threshold lowered to this archive size
-    import pfmh_model.retrieval as retrieval
+    import pfmh_model.hamming_index as hamming_index
 
-    monkeypatch.setattr(retrieval, "MIH_MIN_ARCHIVE", 2000)
+    monkeypatch.setattr(hamming_index, "MIH_MIN_ARCHIVE", 2000)
     rng = np.random.default_rng(9)
     centres = _pm1(rng, 20, 64)
     archive = centres[rng.integers(0, 20, 3000)] * np.where(rng.random((3000, 64)) < 0.1, -1, 1)
