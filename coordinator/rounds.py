@@ -11,19 +11,18 @@ All arithmetic and crypto live elsewhere: ``security.secagg_server`` unmasks the
 """
 from __future__ import annotations
 
-import enum
 import io
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.persistence import CoordinatorState, StateStore, atomic_write
+from coordinator.round_run import Poll, RoundPhase, RoundRun
 from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
 from pfmh_model.local_round import aggregator
@@ -34,9 +33,7 @@ from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
     AdvertiseKeys,
     EncryptedShare,
-    KeyDirectory,
     MaskedInput,
-    UnmaskRequest,
     UnmaskResponse,
 )
 from security.secagg_server import SecAggServer
@@ -44,51 +41,6 @@ from security.secagg_server import SecAggServer
 logger = logging.getLogger(__name__)
 # Set to "1" only in test and soak runs: completed rounds' decoded sums go to <state_dir>/aggregates/.
 RECORD_AGGREGATES_ENV = "PFMH_TEST_RECORD_AGGREGATES"
-
-
-class RoundPhase(enum.StrEnum):
-    ADVERTISE = "advertise_keys"   # sites train locally, then advertise keys
-    SHARE_KEYS = "share_keys"
-    MASKED_INPUT = "masked_input"
-    UNMASK = "unmask"
-    DONE = "done"
-    ABORTED = "aborted"
-
-
-_ORDER = list(RoundPhase)
-
-
-class Poll(enum.StrEnum):
-    PENDING = "pending"
-    READY = "ready"
-    ABORTED = "aborted"
-    FINISHED = "finished"
-
-
-@dataclass
-class RoundRun:
-    """One round in flight (or just ended)."""
-
-    number: int
-    cohort: tuple[str, ...]
-    server: SecAggServer
-    start_state: GlobalState
-    started: float
-    phase: RoundPhase = RoundPhase.ADVERTISE
-    phase_started: float = 0.0
-    submitted: set[str] = field(default_factory=set)
-    certificates: dict[str, bytes] = field(default_factory=dict)
-    directory: KeyDirectory | None = None
-    directories: dict[str, KeyDirectory] = field(default_factory=dict)  # per site: its neighbours' only
-    inbox: dict[str, tuple[EncryptedShare, ...]] | None = None
-    unmask_request: UnmaskRequest | None = None
-    result: GlobalState | None = None
-    survivors: tuple[str, ...] = ()
-    abort_reason: str = ""
-
-    def reached(self, phase: RoundPhase) -> bool:
-        """Whether the round has moved past ``phase`` (an aborted round has passed every phase)."""
-        return self.phase is RoundPhase.ABORTED or _ORDER.index(self.phase) > _ORDER.index(phase)
 
 
 class RoundEngine:

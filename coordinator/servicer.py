@@ -14,7 +14,8 @@ import grpc
 
 from coordinator.auth import current_site
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.rounds import Poll, RoundEngine
+from coordinator.round_run import Poll
+from coordinator.rounds import RoundEngine
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import PROTOCOL_VERSION

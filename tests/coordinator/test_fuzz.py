@@ -25,7 +25,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from coordinator.rounds import RoundPhase
+from coordinator.round_run import RoundPhase
 from coordinator.server import upload_layout
 from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
