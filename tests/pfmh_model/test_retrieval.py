@@ -95,6 +95,24 @@ def test_distances_and_rank_match_float_reference(bits: int) -> None:
     np.testing.assert_array_equal(rank, np.stack([np.argsort(r, kind="stable") for r in ref]))
 
 
+@pytest.mark.parametrize("bits", [64, 128, 257])
+def test_archive_tiles_give_the_same_distances_and_top_k(monkeypatch, bits: int) -> None:
+    # Prepare: blocks of 40 distances, so the 301 archive codes go through in tiles of 40 (one query)
+    # or 10 (four queries), the last one ragged; 257 bits take the uint16 path
+    import pfmh_model.retrieval as retrieval
+
+    rng = np.random.default_rng(7 + bits)
+    queries, archive = _pm1(rng, 9, bits), _pm1(rng, 301, bits)
+    ref = _ref_distances(queries, archive)
+    monkeypatch.setattr(retrieval, "_BLOCK_ELEMENTS", 40)
+    # Execute
+    dist = hamming_distances(pack_codes(queries), pack_codes(archive))
+    top = search(pack_codes(queries), pack_codes(archive), k=7, chunk_size=4)
+    # Assert
+    np.testing.assert_array_equal(dist, ref)
+    np.testing.assert_array_equal(top.indices, _ref_top_k(queries, archive, 7)[0])
+
+
 @pytest.mark.parametrize("bits", BIT_LENGTHS)
 @pytest.mark.parametrize("k", [1, 10, 150])
 def test_search_matches_reference_with_ties(bits: int, k: int) -> None:
