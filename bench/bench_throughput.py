@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pfmh_model.local_round import initial_prototypes
 from pfmh_model.losses import quantization_loss, similarity_loss
 from pfmh_model.network import HashNet
 from pfmh_model.prototypes import complete_prototypes
+from pfmh_model.server_step import initial_prototypes
 from pfmh_model.synthetic import generate
 from pfmh_model.training import SiteTrainer, TrainConfig
 

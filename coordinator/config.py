@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pfmh_model.errors import ConfigError
-from pfmh_model.trainer_factory import fedhap_config
+from pfmh_model.fedhap_config import fedhap_config
 from proto.settings import FederationSettings, SettingsError, load_toml
 
 SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")

@@ -25,7 +25,7 @@ from coordinator.persistence import CoordinatorState, StateStore, atomic_write
 from coordinator.round_run import Poll, RoundPhase, RoundRun
 from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
-from pfmh_model.local_round import aggregator
+from pfmh_model.server_step import aggregator
 from proto.settings import FederationSettings
 from security.errors import RoundAborted, SecurityError, StageOutOfOrder
 from security.prg import PrgAlgorithm

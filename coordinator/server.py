@@ -25,7 +25,6 @@ from coordinator.persistence import StateStore
 from coordinator.rounds import RoundEngine
 from coordinator.servicer import FederationServicer
 from pfmh_model.aggregation import UploadLayout
-from pfmh_model.trainer_factory import shared_model_size
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import FederationSettings
 from security.pki_verify import load_certificate
@@ -37,11 +36,16 @@ SERVICE_NAME = "pfmh.v1.Federation"
 def upload_layout(settings: FederationSettings) -> UploadLayout:
     """The upload vector layout every site and the coordinator agree on."""
     bits = int(settings.train.get("bits", 32))
-    size = shared_model_size(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                             num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
+    size = 0
+    if settings.shares_model:
+        # Only a shared model needs torch here (to count its weights); a prototype-only coordinator
+        # never loads it and stays small (docs/SOAK.md has its memory).
+        from pfmh_model.trainer_factory import shared_model_size
+
+        size = shared_model_size(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
+                                 num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
     protos = settings.uses_prototypes
-    return UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
-                        size if settings.shares_model else 0)
+    return UploadLayout(settings.num_classes if protos else 0, bits if protos else 0, size)
 
 
 def _credentials(cfg: CoordinatorConfig, base: Path) -> grpc.ServerCredentials:

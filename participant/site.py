@@ -29,7 +29,6 @@ from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.fedhap import FedHAPTrainer
 from pfmh_model.hamming_index import HammingIndex
 from pfmh_model.local_round import (
-    initial_prototypes,
     make_upload,
     site_batch_seed,
     train_fedavg_site,
@@ -37,6 +36,7 @@ from pfmh_model.local_round import (
     train_pfmh_site,
 )
 from pfmh_model.prototypes import PrototypeStats
+from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
 from proto import federation_pb2 as pb

@@ -31,16 +31,16 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayou
 from pfmh_model.data import MultiModalDataset, Split
 from pfmh_model.errors import ConfigError
 from pfmh_model.evaluation import evaluate, mean_average_precision
-from pfmh_model.fedhap import FedHAPConfig, FedHAPTrainer
+from pfmh_model.fedhap import FedHAPTrainer
+from pfmh_model.fedhap_config import FedHAPConfig
 from pfmh_model.local_round import (
-    aggregator,
-    initial_prototypes,
     make_upload,
     site_batch_seed,
     train_fedavg_site,
     train_fedhap_site,
     train_pfmh_site,
 )
+from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ labels; P (C, b) global prototypical hash codes in {-1, +1}. One round (our read
 2. Upload, through the same vector as PFMH's prototype statistics: sums_c = sum_{Y_ic=1} sign(h_i)
    (a per-bit vote), count_c = #{Y_ic = 1}; plus n_k * weights and n_k (FedAvg) when the model is shared.
 3. Server: P_c = sign(total sums_c) (bitwise majority vote); a tied bit or a class no site holds
-   keeps last round's code, or at round 0 the Hadamard centre (:func:`initial_hash_codes`).
+   keeps last round's code, or at round 0 the Hadamard centre (``fedhap_votes.initial_hash_codes``).
+
+Options are in ``fedhap_config``; the vote arithmetic (site and server) in ``fedhap_votes``.
 
 References:
     Yang, Xu, Liu, Ding, "FedHAP: Federated Hashing with Global Prototypes for Cross-silo Retrieval",
@@ -27,57 +29,26 @@ References:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pfmh_model.aggregation import GlobalState, SiteUpload, aggregate_global
 from pfmh_model.errors import DataError, OptionError, StateMismatch
+from pfmh_model.fedhap_config import FedHAPConfig
+from pfmh_model.fedhap_votes import code_statistics
 from pfmh_model.losses import quantization_loss, similarity_loss
-from pfmh_model.prototypes import PrototypeStats, hadamard_centres, known_classes
+from pfmh_model.prototypes import PrototypeStats
 from pfmh_model.training import Records, SiteTrainer, TrainConfig
 
-__all__ = ["FedHAPConfig", "Discriminator", "prototype_loss", "discriminator_loss", "adversarial_loss",
-           "real_codes", "code_statistics", "initial_hash_codes", "global_hash_codes", "aggregate_fedhap",
+__all__ = ["Discriminator", "prototype_loss", "discriminator_loss", "adversarial_loss", "real_codes",
            "FedHAPTrainer"]
 
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-6
-
-
-@dataclass(frozen=True)
-class FedHAPConfig:
-    """FedHAP's own knobs (the network, optimiser, batch and epochs come from ``TrainConfig``).
-
-    Defaults were tuned on Wiki (docs/FEDHAP.md): ``prototype``, ``similarity``, ``quantization``
-    and ``adversarial`` weight the loss terms; ``disc_hidden`` is the discriminator's hidden width and
-    ``disc_lr`` its Adam learning rate.
-
-    Raises:
-        OptionError: a value is out of range (the message names it).
-    """
-
-    prototype: float = 3.0
-    similarity: float = 1.0
-    quantization: float = 0.1
-    adversarial: float = 0.1
-    disc_hidden: int = 64
-    disc_lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        for name in ("prototype", "similarity", "quantization", "adversarial"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < float("inf"):
-                raise OptionError(f"FedHAPConfig.{name}={value!r} is invalid: need a finite number >= 0")
-        value = self.disc_lr
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
-            raise OptionError(f"FedHAPConfig.disc_lr={value!r} is invalid: need a finite number > 0")
-        if isinstance(self.disc_hidden, bool) or not isinstance(self.disc_hidden, int) or self.disc_hidden < 1:
-            raise OptionError(f"FedHAPConfig.disc_hidden={self.disc_hidden!r} is invalid: need an integer >= 1")
 
 
 class Discriminator(nn.Module):
@@ -163,58 +134,6 @@ def real_codes(labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         - labels: (n, C) {0, 1}; prototypes: (C, b); output: (m, b), m = number of ones in ``labels``
     """
     return prototypes[torch.nonzero(labels > 0, as_tuple=True)[1]]
-
-
-def code_statistics(codes: np.ndarray, labels: np.ndarray) -> PrototypeStats:
-    """Per-class votes sums = Y^T sign(H) (sign(0) = +1) and counts = Y^T 1, in the PFMH upload layout.
-
-    Shape:
-        - codes: (n, b) float; labels: (n, C) {0, 1}; returns sums (C, b), counts (C,) float64
-
-    Raises:
-        DataError: arrays are not 2-D or row counts differ.
-    """
-    h, y = np.asarray(codes, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    if h.ndim != 2 or y.ndim != 2 or h.shape[0] != y.shape[0]:
-        raise DataError(f"need codes (n, b) and labels (n, C) with equal n; got {h.shape} and {y.shape}")
-    return PrototypeStats(y.T @ np.where(h >= 0, 1.0, -1.0), y.sum(axis=0))
-
-
-def initial_hash_codes(num_classes: int, bits: int, *, seed: int) -> np.ndarray:
-    """Round-0 global codes: the +-1 Hadamard class centres (C, b) float64, deterministic from ``seed``."""
-    return hadamard_centres(num_classes, bits, rng=np.random.default_rng(seed))
-
-
-def global_hash_codes(total: PrototypeStats, previous: np.ndarray | None, *, bits: int, seed: int,
-                      min_count: float = 0.5) -> np.ndarray:
-    """Global prototypical codes P_c = sign(sum of votes_c), bitwise majority over all records of class c.
-
-    A tied bit, or every bit of a class with total count <= ``min_count``, takes the fallback:
-    sign(``previous``) or, when ``previous`` is None, :func:`initial_hash_codes`.
-
-    Shape:
-        - total: sums (C, b), counts (C,); previous: (C, b) or None; output: (C, b) float64 of +-1
-
-    Raises:
-        DataError: ``bits`` or ``previous`` disagrees with ``total``.
-    """
-    if total.bits != bits or (previous is not None and np.shape(previous) != total.sums.shape):
-        raise DataError(f"votes are {total.sums.shape}, previous is {None if previous is None else np.shape(previous)},"
-                        f" bits={bits}: they must agree")
-    fallback = (np.where(np.asarray(previous) >= 0, 1.0, -1.0) if previous is not None
-                else initial_hash_codes(total.num_classes, bits, seed=seed))
-    vote = np.where(total.sums > 0, 1.0, np.where(total.sums < 0, -1.0, fallback))
-    return np.where(known_classes(total, min_count=min_count)[:, None], vote, fallback)
-
-
-def aggregate_fedhap(total: SiteUpload, previous: GlobalState, *, bits: int, seed: int) -> GlobalState:
-    """FedHAP's server step: majority-vote codes (:func:`global_hash_codes`) and the FedAvg model if shared."""
-    state = aggregate_global(SiteUpload(None, total.weighted_model, total.num_records), previous, bits=bits,
-                             seed=seed)
-    codes = previous.prototypes
-    if total.prototypes is not None:
-        codes = global_hash_codes(total.prototypes, previous.prototypes, bits=bits, seed=seed)
-    return GlobalState(state.round, codes, state.shared_model)
 
 
 class FedHAPTrainer(SiteTrainer):

@@ -1,49 +1,21 @@
 """One site's local work in a round, shared by the in-process federation and the site daemon.
 
-``initial_prototypes`` is the round-0 global prototype set every party derives from the seed
-(Hadamard class centres, PFMH.md step 6), so sites and coordinator agree without a message.
-``aggregator`` names the server step of each method, for the in-process loop and the coordinator.
+The coordinator's side (round-0 prototypes, each method's aggregation) is in ``server_step``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout, aggregate_global
+from pfmh_model.aggregation import SiteUpload, UploadLayout
 from pfmh_model.data import Split
-from pfmh_model.errors import ConfigError
-from pfmh_model.fedhap import FedHAPTrainer, aggregate_fedhap, initial_hash_codes
-from pfmh_model.prototypes import PrototypeStats, complete_prototypes, hadamard_centres
+from pfmh_model.fedhap import FedHAPTrainer
+from pfmh_model.prototypes import PrototypeStats, complete_prototypes
 from pfmh_model.training import SiteTrainer, flatten_state
-
-# total upload, previous state, bits, seed -> new global state
-Aggregator = Callable[..., GlobalState]
 
 
 def site_batch_seed(seed: int, site_index: int) -> int:
     """Seed of a site's batch order and dropout: the k-th site (sorted ids) of a run seeded ``seed``."""
     return seed * 1000 + site_index
-
-
-def initial_prototypes(num_classes: int, bits: int, *, seed: int, method: str = "pfmh") -> np.ndarray:
-    """Round-0 global prototypes (C, b), deterministic from ``seed``.
-
-    PFMH: unit-norm Hadamard class centres. FedHAP: the same centres as +-1 codes.
-    """
-    if method == "fedhap":
-        return initial_hash_codes(num_classes, bits, seed=seed)
-    centres = hadamard_centres(num_classes, bits, rng=np.random.default_rng(seed))
-    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
-
-
-def aggregator(method: str) -> Aggregator:
-    """The server step of ``method``: FedHAP's majority vote, otherwise PFMH's mean (+ FedAvg)."""
-    if method == "fedhap":
-        return aggregate_fedhap
-    if method in ("pfmh", "fedavg", "centralized"):
-        return aggregate_global
-    raise ConfigError(f"method {method!r} has no aggregation step")
 
 
 def train_pfmh_site(trainer: SiteTrainer, train: Split, global_prototypes: np.ndarray, *,

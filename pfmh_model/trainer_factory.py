@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from pfmh_model.errors import ConfigError
-from pfmh_model.fedhap import FedHAPConfig, FedHAPTrainer
+from pfmh_model.fedhap import FedHAPTrainer
+from pfmh_model.fedhap_config import fedhap_config
 from pfmh_model.network import make_dp_compatible
 from pfmh_model.training import LossWeights, SiteTrainer, TrainConfig, flatten_state
 
@@ -29,19 +30,6 @@ def train_config(options: Mapping[str, Any]) -> TrainConfig:
     if isinstance(options.get("weights"), Mapping):
         options["weights"] = LossWeights(**options["weights"])
     return dataclasses.replace(TrainConfig(), **options)
-
-
-def fedhap_config(options: Mapping[str, Any] | None) -> FedHAPConfig:
-    """FedHAPConfig from a plain mapping; unknown keys or bad values raise ConfigError."""
-    options = dict(options or {})
-    names = {f.name for f in dataclasses.fields(FedHAPConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise ConfigError(f"unknown FedHAP option(s) {unknown}; valid: {sorted(names)}")
-    try:
-        return FedHAPConfig(**options)
-    except ValueError as exc:
-        raise ConfigError(f"FedHAP options: {exc}") from None
 
 
 def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,

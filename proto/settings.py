@@ -150,7 +150,7 @@ class FederationSettings:
     rounds: int = 5
     min_sites: int = 2
     train: dict[str, Any] = field(default_factory=dict)   # pfmh_model.training.TrainConfig fields
-    fedhap: dict[str, Any] = field(default_factory=dict)  # pfmh_model.fedhap.FedHAPConfig fields
+    fedhap: dict[str, Any] = field(default_factory=dict)  # pfmh_model.fedhap_config.FedHAPConfig fields
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     train_timeout_s: float = 600.0

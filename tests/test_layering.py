@@ -15,6 +15,9 @@ FORBIDDEN = {
                    "opacus"},
     "security": {"torch", "grpc", "pfmh_model", "proto", "coordinator", "participant", "opacus"},
     "proto": {"torch", "cryptography", "pfmh_model", "security", "coordinator", "participant"},
+    # The coordinator loads torch only to count a shared model's weights (lazily, in upload_layout),
+    # and opacus only when `audit` recomputes epsilon; a prototype-only daemon runs without either.
+    "coordinator": {"torch", "opacus", "participant"},
 }
 
 

@@ -16,17 +16,14 @@ from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.fedhap import (
     Discriminator,
-    FedHAPConfig,
     FedHAPTrainer,
     adversarial_loss,
-    aggregate_fedhap,
-    code_statistics,
     discriminator_loss,
-    global_hash_codes,
-    initial_hash_codes,
     prototype_loss,
     real_codes,
 )
+from pfmh_model.fedhap_config import FedHAPConfig
+from pfmh_model.fedhap_votes import aggregate_fedhap, code_statistics, global_hash_codes, initial_hash_codes
 from pfmh_model.partition import partition_dataset
 from pfmh_model.prototypes import PrototypeStats
 from pfmh_model.synthetic import generate
