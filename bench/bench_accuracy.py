@@ -70,7 +70,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def _pivot(rows: list[dict]) -> str:
-    """One table per (dataset, alpha): methods x bits, each cell "per-site / global", mean ± std over seeds."""
+    """Per (dataset, alpha), one methods x bits table per metric (global, then per-site mAP), mean ± std over seeds."""
     out = []
     for dataset, alpha in sorted({(r["dataset"], r["alpha"]) for r in rows}):
         mine = [r for r in rows if r["dataset"] == dataset and r["alpha"] == alpha]
@@ -78,21 +78,21 @@ def _pivot(rows: list[dict]) -> str:
         seeds = sorted({len([r for r in mine if (r["method"], r["bits"]) == key])
                         for key in {(r["method"], r["bits"]) for r in mine}})
         shown = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-        out += [f"\n{dataset}, alpha {alpha}: per-site mean mAP / global mAP ({shown} seeds per cell, mean ± std)",
-                "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
-        for method in sorted({r["method"] for r in mine}):
-            cells = []
-            for b in bits:
-                got = [r for r in mine if r["method"] == method and r["bits"] == b]
-                cells.append(f"{_spread([r['mean_site_map'] for r in got])} / "
-                             f"{_spread([r['global_map'] for r in got])}" if got else "-")
-            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        for metric, title in (("global_map", "global mAP"), ("mean_site_map", "per-site mean mAP")):
+            out += [f"\n{dataset}, alpha {alpha}: {title} ({shown} seeds per cell, mean ± std)",
+                    "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+            for method in sorted({r["method"] for r in mine}):
+                cells = [_spread([r[metric] for r in mine if r["method"] == method and r["bits"] == b]) or "-"
+                         for b in bits]
+                out.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def _spread(values: list[float]) -> str:
-    """Mean, with the population std when there is more than one seed."""
+    """Mean, with the population std when there is more than one seed ("" for none)."""
     a = np.array(values)
+    if not len(a):
+        return ""
     return f"{a.mean():.3f} ± {a.std():.3f}" if len(a) > 1 else f"{a.mean():.3f}"
 
 

@@ -16,17 +16,19 @@ TINY = ["--data", "tiny=synthetic:tiny", "--methods", "pfmh,local", "--bits", "1
 def test_spread_is_mean_alone_for_one_seed_and_mean_plus_std_for_more() -> None:
     assert _spread([0.5]) == "0.500"
     assert _spread([0.4, 0.6]) == "0.500 ± 0.100"
+    assert _spread([]) == ""
 
 
-def test_pivot_puts_methods_in_rows_and_bits_in_columns() -> None:
+def test_pivot_puts_methods_in_rows_and_bits_in_columns_one_table_per_metric() -> None:
     rows = [{"dataset": "d", "alpha": 0.1, "method": m, "bits": b, "mean_site_map": s, "global_map": g}
             for m, b, s, g in [("pfmh", 16, 0.8, 0.6), ("pfmh", 16, 0.6, 0.4), ("pfmh", 32, 0.7, 0.5),
                                ("local", 16, 0.5, 0.3)]]
     table = _pivot(rows).splitlines()
-    assert table[1] == "d, alpha 0.1: per-site mean mAP / global mAP (1-2 seeds per cell, mean ± std)"
+    assert table[1] == "d, alpha 0.1: global mAP (1-2 seeds per cell, mean ± std)"
     assert table[2] == "| method | 16 bits | 32 bits |"
-    assert table[4] == "| local | 0.500 / 0.300 | - |"
-    assert table[5] == "| pfmh | 0.700 ± 0.100 / 0.500 ± 0.100 | 0.700 / 0.500 |"
+    assert table[4:6] == ["| local | 0.300 | - |", "| pfmh | 0.500 ± 0.100 | 0.500 |"]
+    assert table[7] == "d, alpha 0.1: per-site mean mAP (1-2 seeds per cell, mean ± std)"
+    assert table[10:12] == ["| local | 0.500 | - |", "| pfmh | 0.700 ± 0.100 | 0.700 |"]
 
 
 def test_sweep_writes_one_row_per_cell_and_resume_skips_finished_cells(
@@ -43,4 +45,4 @@ def test_sweep_writes_one_row_per_cell_and_resume_skips_finished_cells(
     assert sorted((r["method"], r["seed"]) for r in rows) == [("local", 0), ("local", 1), ("pfmh", 0), ("pfmh", 1)]
     assert all(0.0 <= r["mean_site_map"] <= 1.0 and 0.0 <= r["global_map"] <= 1.0 for r in rows)
     assert "4 cells, 4 to run" in first and "4 cells, 0 to run" in again
-    assert "(2 seeds per cell, mean ± std)" in again and " ± " in again.split("| pfmh |")[-1]
+    assert "global mAP (2 seeds per cell, mean ± std)" in again and " ± " in again.split("| pfmh |")[-1]
