@@ -79,7 +79,8 @@ def _pivot(rows: list[dict]) -> str:
                         for key in {(r["method"], r["bits"]) for r in mine}})
         shown = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
         for metric, title in (("global_map", "global mAP"), ("mean_site_map", "per-site mean mAP")):
-            out += [f"\n{dataset}, alpha {alpha}: {title} ({shown} seeds per cell, mean ± std)",
+            out += [f"\n{dataset}, alpha {alpha}: {title} ({shown} seed{'' if shown == '1' else 's'} per cell, "
+                    "mean ± std)",
                     "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
             for method in sorted({r["method"] for r in mine}):
                 cells = [_spread([r[metric] for r in mine if r["method"] == method and r["bits"] == b]) or "-"
