@@ -45,8 +45,8 @@ def distance_block(query_packed: np.ndarray, archive_t: np.ndarray,
     q, w = query_packed.shape
     n = archive_t.shape[1]
     out = np.zeros((q, n), np.uint8 if w <= 3 else np.uint16)
-    tile = max(1, _BLOCK_ELEMENTS // max(q, 1))
-    need = q * min(tile, n)
+    tile = _tile_columns(q)
+    need = _scratch_size(q, n)
     scratch_flat = buffer.reshape(-1) if buffer is not None and buffer.size >= need else np.empty(need, np.uint64)
     step_flat = np.empty(need, np.uint8) if w > 1 else None
     for start in range(0, n, tile):
@@ -60,6 +60,16 @@ def distance_block(query_packed: np.ndarray, archive_t: np.ndarray,
             if step_flat is not None:
                 np.add(target, step, out=target, casting="unsafe")
     return out
+
+
+def _tile_columns(q: int) -> int:
+    """Archive codes per tile for ``q`` queries: about 131 k distances per tile."""
+    return max(1, _BLOCK_ELEMENTS // max(q, 1))
+
+
+def _scratch_size(q: int, n: int) -> int:
+    """uint64 elements of scratch :func:`distance_block` uses for ``q`` queries over ``n`` codes."""
+    return q * min(_tile_columns(q), n)
 
 
 def chunk_rows(n: int, chunk_size: int | None) -> int:
@@ -181,7 +191,7 @@ def search_transposed(query_packed: np.ndarray, archive_t: np.ndarray, k: int,
     if k == 0 or q == 0:
         return SearchResult(indices, distances)
     rows = chunk_rows(n, chunk_size)
-    buffer = np.empty(min(rows, q) * n, np.uint64)
+    buffer = np.empty(_scratch_size(min(rows, q), n), np.uint64)
     guess = w * WORD_BITS // 2
     for start in range(0, q, rows):
         block = distance_block(query_packed[start:start + rows], archive_t, buffer)
