@@ -1,12 +1,12 @@
 """The site daemon: join, then for every round train locally, privatise, mask, upload, apply the result.
 
 Orchestration only: training is ``pfmh_model``, DP and masking are ``security``, the wire is
-``participant.client``. State that must survive a crash (trainer snapshot, last round, ledger)
-is written atomically after every completed round; a restarted site resumes from it.
+``participant.client``. State that must survive a crash (one trainer snapshot holding the weights,
+the last round and the global prototypes; the ledger) is written atomically after every round, and a
+restarted site resumes from it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,6 +24,7 @@ from participant.dp_sgd import planned_release, train_shared_dp_sgd
 from participant.metrics import SiteMetrics
 from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
+from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.fedhap import FedHAPTrainer
@@ -124,7 +125,8 @@ class SiteDaemon:
         if self.cfg.site not in reply.enrolled_sites:
             raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
         self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
-        (self.state_dir / "settings.json").write_text(reply.settings_json)  # for `search` after the run
+        with atomic_path(self.state_dir / "settings.json") as tmp:  # for `search` after the run
+            tmp.write_text(reply.settings_json)
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
                     len(reply.enrolled_sites))
         return settings
@@ -157,21 +159,20 @@ class SiteDaemon:
         self._restore()
 
     def _restore(self) -> None:
-        meta, snapshot = self.state_dir / "site_state.json", self.state_dir / "trainer.pt"
-        if meta.is_file() and snapshot.is_file():
-            state = json.loads(meta.read_text())
-            self.trainer.load_snapshot(snapshot)
-            self.after_round = int(state["after_round"])
-            if state.get("prototypes") is not None:
-                self.prototypes = np.asarray(state["prototypes"], dtype=np.float64)
-            logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
+        """Resume from ``trainer.pt``: weights, the last finished round and the global prototypes."""
+        snapshot = self.state_dir / "trainer.pt"
+        if not snapshot.is_file():
+            return
+        progress = self.trainer.load_snapshot(snapshot)
+        self.after_round = int(progress.get("after_round", 0))
+        if progress.get("prototypes") is not None:
+            self.prototypes = np.asarray(progress["prototypes"], dtype=np.float64)
+        logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
 
     def _checkpoint(self) -> None:
-        self.trainer.save_snapshot(self.state_dir / "trainer.pt")
-        meta = {"after_round": self.after_round, "prototypes": self.prototypes.tolist()}
-        tmp = self.state_dir / ".site_state.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(self.state_dir / "site_state.json")
+        # One file, so the round counter and prototypes can never disagree with the weights.
+        self.trainer.save_snapshot(self.state_dir / "trainer.pt", extra={
+            "after_round": self.after_round, "prototypes": self.prototypes.tolist()})
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:

@@ -3,11 +3,11 @@ atomic save and load."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pfmh_model.atomic_file import atomic_path
 from pfmh_model.errors import ConfigError, DataError
 from pfmh_model.multi_index import MultiIndexHashing
 from pfmh_model.packed_codes import WORD_BITS, check_packed, pack_codes, words_for
@@ -92,18 +92,9 @@ class HammingIndex:
         return search_transposed(query_packed, self._archive_t, k, chunk_rows(len(self), chunk_size))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index to ``path`` (npz) atomically: a temporary file in the same folder, then rename."""
-        target = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, format=np.int64(self._FORMAT), bits=np.int64(self.bits), packed=self.packed)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        """Write the index to ``path`` (npz) atomically (see :mod:`pfmh_model.atomic_file`)."""
+        with atomic_path(path) as tmp:
+            np.savez(tmp, format=np.int64(self._FORMAT), bits=np.int64(self.bits), packed=self.packed)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> HammingIndex:

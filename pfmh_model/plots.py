@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pfmh_model.atomic_file import atomic_path
+
 
 def plot_run(path: Path, curves: Mapping[str, Sequence[tuple[int, float, float | None]]],
              pr_curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str) -> Path:
@@ -43,8 +45,9 @@ def plot_run(path: Path, curves: Mapping[str, Sequence[tuple[int, float, float |
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path

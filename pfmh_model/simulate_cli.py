@@ -10,13 +10,13 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.errors import ModelError
 from pfmh_model.federation import Federation, FederationConfig, Method, RoundRecord, ShareMode
@@ -143,9 +143,8 @@ def _jsonable(obj):
 
 def _write(out: Path, results: dict, curves, prs, *, title: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "result.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out / "result.json")
+    with atomic_path(out / "result.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
     plot_run(out / "result.png", curves, prs, title=title)
     print(f"\nwrote {out / 'result.json'} and {out / 'result.png'}")
 

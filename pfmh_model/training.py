@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pfmh_model.atomic_file import atomic_path
 from pfmh_model.errors import DataError, OptionError, StateMismatch
 from pfmh_model.losses import (
     LossWeights,
@@ -346,19 +346,24 @@ class SiteTrainer:
         self.generator.set_state(state["rng"])
         self.round = int(state["round"])
 
-    def save_snapshot(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` atomically (temporary file, fsync, ``os.replace``)."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            torch.save(self.state_dict(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+    def save_snapshot(self, path: str | os.PathLike[str], extra: dict | None = None) -> None:
+        """Write :meth:`state_dict` atomically (see :mod:`pfmh_model.atomic_file`).
 
-    def load_snapshot(self, path: str | os.PathLike[str]) -> None:
-        """Load a snapshot written by :meth:`save_snapshot` (``torch.load(weights_only=True)``)."""
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        ``extra`` (plain values and tensors) is stored in the same file, so a caller's own
+        progress can never disagree with the weights after a crash.
+        """
+        with atomic_path(path) as tmp:
+            torch.save({**self.state_dict(), "extra": extra or {}}, tmp)
+
+    def load_snapshot(self, path: str | os.PathLike[str]) -> dict:
+        """Load a snapshot written by :meth:`save_snapshot` (``torch.load(weights_only=True)``).
+
+        Returns:
+            the ``extra`` dict it was saved with (empty if none).
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.load_state_dict(state)
+        return dict(state.get("extra") or {})
 
 
 def flatten_state(state: dict[str, torch.Tensor]) -> np.ndarray:

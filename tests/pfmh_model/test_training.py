@@ -237,3 +237,16 @@ def test_one_centralised_round_on_wiki_beats_the_linear_hash() -> None:
                                    wiki.query.labels, wiki.database.labels)
     # Assert
     assert score > 0.59, score  # 0.62 on the dev machine (1 thread)
+
+
+def test_snapshot_carries_the_callers_progress_in_the_same_file(tmp_path: Path) -> None:
+    # Prepare
+    path = tmp_path / "site.pt"
+    progress = {"after_round": 7, "prototypes": [[0.5, -0.25], [1.0, 0.0]]}
+    # Execute
+    _trainer().save_snapshot(path, extra=progress)
+    plain = tmp_path / "plain.pt"
+    _trainer().save_snapshot(plain)
+    # Assert
+    assert _trainer().load_snapshot(path) == progress
+    assert _trainer().load_snapshot(plain) == {}

@@ -1,0 +1,45 @@
+"""A restarted site daemon resumes from its one-file checkpoint: weights, last round and global prototypes."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from proto.settings import FederationSettings
+from tests.netfed import coordinator, coordinator_config, run_daemons, site_daemon, write_site_files
+
+SITES = ["site-a", "site-b"]
+TRAIN = {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1, "shared_epochs": 1, "seed": 4}
+
+
+def test_restarted_daemon_restores_round_prototypes_and_weights(tmp_path: Path) -> None:
+    # Prepare: a two-round federation run to the end by real daemons
+    torch.set_num_threads(1)
+    first = write_site_files(tmp_path, SITES, seed=6)[0]
+    cfg = coordinator_config(tmp_path, SITES, rounds=2, train=TRAIN,
+                             dims=(first.image_dim, first.text_dim, first.num_classes))
+    cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
+    with coordinator(tmp_path, cfg) as (port, engine):
+        daemons = [site_daemon(tmp_path, name, port) for name in SITES]
+        assert run_daemons(daemons, 120) == [0, 0]
+        assert engine.state.completed_rounds == 2
+    before = daemons[0]
+    state = tmp_path / "state" / SITES[0]
+    # Execute: a new daemon for the same site, set up from the settings it saved (no coordinator needed)
+    after = site_daemon(tmp_path, SITES[0], port)
+    after.site_index = before.site_index  # what Join would have told it
+    after._setup(FederationSettings.from_json((state / "settings.json").read_text()))
+    try:
+        # Assert: one checkpoint file, and everything the old daemon ended with
+        assert sorted(p.name for p in state.iterdir() if "trainer" in p.name) == ["trainer.pt"]
+        assert after.after_round == before.after_round == 2
+        np.testing.assert_array_equal(after.prototypes, before.prototypes)
+        assert np.abs(after.prototypes).sum() > 0
+        for model in ("personal", "shared"):
+            np.testing.assert_array_equal(after.trainer.encode(after.data.query, model=model),
+                                          before.trainer.encode(before.data.query, model=model))
+    finally:
+        after.privacy.close()
+        after.client.close()
