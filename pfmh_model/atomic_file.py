@@ -27,15 +27,16 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _fsync(tmp, os.O_RDONLY)
+        _fsync(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(target.parent, os.O_RDONLY)
+    _fsync(target.parent)
 
 
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (the rename), to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
