@@ -8,7 +8,7 @@ name keeps the target's suffix because some writers pick the format from it (``n
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +22,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         OSError: the folder does not exist or is not writable (no temporary file is left behind).
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = target.with_name(f".{target.stem}.{secrets.token_hex(6)}.tmp{target.suffix}")
+    # Created like a plain open() would (0666 less the umask), not mkstemp's 0600: data files are
+    # read by the deploy containers' own uid.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         _fsync(tmp)
