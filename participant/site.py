@@ -99,7 +99,9 @@ class SiteDaemon:
         self.stop = stop or threading.Event()
         self.on_round = on_round or (lambda report: None)
         self.state_dir = base / cfg.state_dir
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Private when we create it: the snapshot and index are derived from the site's records.
+        # An existing folder (a mounted volume) keeps the permissions its operator gave it.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)

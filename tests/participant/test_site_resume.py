@@ -1,6 +1,7 @@
 """A restarted site daemon resumes from its one-file checkpoint: weights, last round and global prototypes."""
 from __future__ import annotations
 
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def test_restarted_daemon_restores_round_prototypes_and_weights(tmp_path: Path) 
     try:
         # Assert: one checkpoint file, and everything the old daemon ended with
         assert sorted(p.name for p in state.iterdir() if "trainer" in p.name) == ["trainer.pt"]
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700  # the daemon created it private
         assert after.after_round == before.after_round == 2
         np.testing.assert_array_equal(after.prototypes, before.prototypes)
         assert np.abs(after.prototypes).sum() > 0
