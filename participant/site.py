@@ -22,7 +22,7 @@ from participant.client import CoordinatorClient, CoordinatorError, RoundAbandon
 from participant.config import SiteConfig
 from participant.local_release import LocalRelease, load_frozen_encoder
 from participant.metrics import SiteMetrics
-from participant.privacy import SitePrivacy
+from participant.privacy import PROTOTYPE_MECHANISM, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
@@ -253,6 +253,11 @@ class SiteDaemon:
         releases = self.release.planned(len(self.data.train))
         self.privacy.check(releases, number)  # refuse before training, and before anything leaves
         cohort_m = self._noise_cohort(len(config.cohort))
+        # DP-SGD is charged when it runs: an abandoned round still leaves its trained encoder, whose outputs
+        # the next upload releases.
+        training = [r for r in releases if r.mechanism != PROTOTYPE_MECHANISM]
+        if training:
+            self.privacy.record(training, number, what_without_dp=self.release.not_covered())
         vector = self._train(cohort_m)
         advert = self.secagg.advertise(number, list(config.cohort))
         self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
@@ -267,7 +272,8 @@ class SiteDaemon:
             pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]))
         inbox = self.client.poll("GetShares", query, deadline_s=2 * config.phase_timeout_s)
         received = [EncryptedShare(fed, number, s.sender, s.recipient, s.nonce, s.ciphertext) for s in inbox.shares]
-        epsilon = self.privacy.record(releases, number, what_without_dp=self.release.not_covered(),
+        epsilon = self.privacy.record([r for r in releases if r.mechanism == PROTOTYPE_MECHANISM], number,
+                                      what_without_dp=self.release.not_covered(),
                                       noise_cohort=cohort_m)  # before release
         masked = self.secagg.masked_input(received, vector)
         self.client.call("SubmitMaskedInput", pb.MaskedInputRequest(
