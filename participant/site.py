@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
 from participant.config import SiteConfig
 from participant.dp_sgd import planned_release, train_shared_dp_sgd
+from participant.ledger_sync import LedgerReporter, require_coordinator_head
 from participant.metrics import SiteMetrics
 from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
@@ -127,6 +128,7 @@ class SiteDaemon:
         if self.cfg.site not in reply.enrolled_sites:
             raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
         self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
+        self.coordinator_head = (reply.ledger_entries, reply.ledger_head_hash)  # checked in _setup
         with atomic_path(self.state_dir / "settings.json") as tmp:  # for `search` after the run
             tmp.write_text(reply.settings_json)
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
@@ -149,6 +151,15 @@ class SiteDaemon:
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site, min_cohort=settings.min_sites)
+        try:  # a cut or restored ledger would rebuild a smaller epsilon: refuse before training
+            entries, head_hash = self.coordinator_head
+            require_coordinator_head(self.privacy.ledger, entries=entries, head_hash=head_hash,
+                                     path=self.state_dir / "ledger.jsonl")
+        except SecurityError:
+            self.privacy.close()
+            raise
+        self.ledger_reporter = LedgerReporter(self.client, settings.federation_id, self.privacy.ledger,
+                                              verified=self.coordinator_head[0])
         if self.cfg.privacy.require_dp and not self.privacy.enabled:
             raise SecurityError("the federation's DP mode is 'off' but this site requires DP "
                                 "(privacy.require_dp = true in its config); not joining")
@@ -360,8 +371,7 @@ class SiteDaemon:
             federation_id=self.settings.federation_id, round=number, bits=self.trainer.config.bits,
             map=map_value if map_value is not None else 0.0, epsilon_spent=self.privacy.spent,
             epsilon_max=self.privacy.epsilon_max, noise_multiplier=self.settings.privacy.noise_multiplier))
-        self.client.call("ReportLedger", pb.LedgerReport(federation_id=self.settings.federation_id,
-                                                         lines=self.privacy.ledger.export_lines()))
+        self.ledger_reporter.report()  # only the entries the coordinator has not verified yet
 
     def build_index(self) -> Path:
         """Binary codes of this site's archive with the final shared model, for ``pfmh-participant search``."""
