@@ -104,6 +104,7 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
         self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
@@ -128,7 +129,7 @@ class SiteDaemon:
         if self.cfg.site not in reply.enrolled_sites:
             raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
         self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
-        self.coordinator_head = (reply.ledger_entries, reply.ledger_head_hash)  # checked in _setup
+        self.coordinator_head = (reply.ledger_entries, reply.ledger_head_hash)
         with atomic_path(self.state_dir / "settings.json") as tmp:  # for `search` after the run
             tmp.write_text(reply.settings_json)
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
