@@ -1,11 +1,12 @@
 """The ledger's record schema and the checks on it: epsilon recomputed, and the releases cross-checked
 against the coordinator's round log (numpy/cryptography only; both daemons use it, neither imports the other).
 
-Records (``LedgerEntry.record``) are of two kinds, written by ``participant.privacy.SitePrivacy.record``:
-``dp_release`` (one per DP mechanism of an upload, fields :data:`RELEASE_FIELDS`) and ``upload_without_dp``
-(:data:`NO_DP_FIELDS`). :func:`check_releases` checks their schema and that each recorded epsilon follows
-from the recorded history; :func:`cross_check` compares them with :class:`RoundWitness` es, the
-coordinator's own record of whose masked input entered which round's revealed sum.
+Records (``LedgerEntry.record``) are written by ``participant.privacy.SitePrivacy``: ``dp_release`` (one
+per DP mechanism of an upload, fields :data:`RELEASE_FIELDS`), ``upload_without_dp`` (:data:`NO_DP_FIELDS`)
+and, in distributed mode after a completed round, ``dp_sum`` (:data:`SUM_FIELDS`: the noise the decoded sum
+carried; informative, it charges nothing). :func:`check_releases` checks their schema and that each recorded
+epsilon follows from the recorded history; :func:`cross_check` compares them with :class:`RoundWitness`
+records, the coordinator's own account of whose masked input entered which round's revealed sum.
 
 Security:
     The cross-check closes what signatures cannot: a site that cut its ledger's tail (or never wrote an entry)
@@ -26,14 +27,16 @@ from security.errors import UnsafeConfiguration
 from security.ledger import LedgerEntry
 
 REL_TOL = 1e-9
-DP_RELEASE, NO_DP = "dp_release", "upload_without_dp"
-MECHANISMS = ("gaussian_prototype_statistics", "dp_sgd_shared_model")
+DP_RELEASE, NO_DP, DP_SUM = "dp_release", "upload_without_dp", "dp_sum"
+MECHANISMS = ("gaussian_prototype_statistics", "dp_sgd_shared_model", "dp_sgd_statistics_encoder")
 CHOICES = {"mechanism": MECHANISMS, "mode": ("local", "distributed"), "accountant": ("rdp", "prv")}
 RELEASE_FIELDS: dict[str, type] = {
     "round": int, "mechanism": str, "mode": str, "noise_multiplier": float, "sensitivity": float,
     "sample_rate": float, "steps": int, "delta": float, "epsilon": float, "epsilon_max": float,
     "accountant": str, "covered": str, "not_covered": str}
 NO_DP_FIELDS: dict[str, type] = {"round": int, "what": str}
+SUM_FIELDS: dict[str, type] = {"round": int, "contributors": int, "noise_cohort": int, "colluding_sites": int,
+                               "sum_noise_multiplier": float}
 COMPLETED, ABORTED, INTERRUPTED = "completed", "aborted", "interrupted"
 
 
@@ -101,8 +104,9 @@ def check_releases(entries: Sequence[LedgerEntry], *, site: str) -> tuple[Releas
     last_round = -1
     for e in entries:
         rec = e.record
-        fields = {DP_RELEASE: RELEASE_FIELDS, NO_DP: NO_DP_FIELDS}.get(rec.get("kind"))  # type: ignore[arg-type]
-        bad = (f"kind {rec.get('kind')!r} is neither {DP_RELEASE!r} nor {NO_DP!r}" if fields is None
+        kinds = {DP_RELEASE: RELEASE_FIELDS, NO_DP: NO_DP_FIELDS, DP_SUM: SUM_FIELDS}
+        fields = kinds.get(rec.get("kind"))  # type: ignore[arg-type]
+        bad = (f"kind {rec.get('kind')!r} is not one of {tuple(kinds)}" if fields is None
                else _field_error(rec, fields))
         if bad:
             raw = rec.get("round")
@@ -113,6 +117,8 @@ def check_releases(entries: Sequence[LedgerEntry], *, site: str) -> tuple[Releas
             raise AuditFailed(site, "round_order", f"round {rnd} recorded after round {last_round}",
                               seq=e.seq, round_number=rnd)
         last_round = rnd
+        if rec["kind"] == DP_SUM:  # checked, not charged: the releases of the round were charged already
+            continue
         if rec["kind"] == NO_DP:
             out.append(Release(e.seq, rnd, e.time, NO_DP, rec))
             continue
