@@ -65,7 +65,7 @@ def test_cut_ledger_is_refused_at_join_and_reports_are_increments(tmp_path: Path
     code = audit_main(["audit", "verify", "--state-dir", str(state), "--ca", str(tmp_path / "pki/ca/ca.crt")])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "site 'site-a': matches the round log (input in 2 revealed sums" in out.out
+    assert "site 'site-a': matches the round log (its input in 2 revealed sums)" in out.out
     head = json.loads((state / "ledgers" / "heads.json").read_text())["site-a"]
     assert f"coordinator head {len(lines)}:{head[1]}" in out.out
 
