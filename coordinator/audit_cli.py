@@ -69,8 +69,8 @@ def _cross_check_line(a: SiteAudit) -> str | None:
         return None
     in_sum = sum(a.site in w.inputs for w in a.rounds)
     charged = ", ".join(map(str, a.charged_not_released))
-    line = (f"       site {a.site!r}: matches the round log (input in {in_sum} revealed sums, each with its "
-            "release)" + (f"; charged, not released in rounds {charged}" if charged else ""))
+    line = (f"       site {a.site!r}: matches the round log (its input in {in_sum} revealed sums)"
+            + (f"; charged, not released in rounds {charged}" if charged else ""))
     return line + (f"; coordinator head {a.head[0]}:{a.head[1]}" if a.head else "")
 
 
