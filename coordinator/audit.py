@@ -1,9 +1,10 @@
 """Privacy-budget audit of the sites' signed ledgers: verify, recompute epsilon, report (no gRPC).
 
 Input is what ``coordinator.ledgers.LedgerStore`` keeps under ``<state_dir>/ledgers/``: ``<site>.jsonl``
-(the site's whole ledger as last reported), ``<site>.crt`` (the certificate it reported with) and
-``heads.json`` (the last ``(seq, hash)`` seen per site). Checks per site, in order; the first failure
-marks the site FAILED with a reason code (:class:`AuditFailed`):
+(the site's ledger as verified so far, assembled from its reports), ``<site>.crt`` (the certificate it
+reported with), ``heads.json`` (the last ``(seq, hash)`` verified per site) and ``rejected/<site>/``
+(reports it refused); and the round log ``<state_dir>/rounds.json`` (``coordinator.persistence``). Checks
+per site, in order; the first failure marks the site FAILED with a reason code (:class:`AuditFailed`):
 
 1. ``missing_file``: both files are there for every site named in ``heads.json``.
 2. ``certificate_rejected``: the certificate names the site and, when a CA is given, verifies
