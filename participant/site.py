@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
 from participant.config import SiteConfig
+from participant.ledger_sync import LedgerReporter, require_coordinator_head
 from participant.local_release import LocalRelease, load_frozen_encoder
 from participant.metrics import SiteMetrics
 from participant.privacy import PROTOTYPE_MECHANISM, SitePrivacy
@@ -95,6 +96,7 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
         self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
@@ -119,6 +121,7 @@ class SiteDaemon:
         if self.cfg.site not in reply.enrolled_sites:
             raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
         self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
+        self.coordinator_head = (reply.ledger_entries, reply.ledger_head_hash)
         with atomic_path(self.state_dir / "settings.json") as tmp:  # for `search` after the run
             tmp.write_text(reply.settings_json)
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
@@ -144,6 +147,15 @@ class SiteDaemon:
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site)
+        try:  # a cut or restored ledger would rebuild a smaller epsilon: refuse before training
+            entries, head_hash = self.coordinator_head
+            require_coordinator_head(self.privacy.ledger, entries=entries, head_hash=head_hash,
+                                     path=self.state_dir / "ledger.jsonl")
+        except SecurityError:
+            self.privacy.close()
+            raise
+        self.ledger_reporter = LedgerReporter(self.client, settings.federation_id, self.privacy.ledger,
+                                              verified=self.coordinator_head[0])
         self.release = LocalRelease(settings, self.trainer, self.privacy, self.layout,
                                     frozen_encoder=self.frozen_encoder)
         self.privacy.encoder_chain = self.release.chain
@@ -334,8 +346,7 @@ class SiteDaemon:
             federation_id=self.settings.federation_id, round=number, bits=self.trainer.config.bits,
             map=map_value if map_value is not None else 0.0, epsilon_spent=self.privacy.spent,
             epsilon_max=self.privacy.epsilon_max, noise_multiplier=self.settings.privacy.noise_multiplier))
-        self.client.call("ReportLedger", pb.LedgerReport(federation_id=self.settings.federation_id,
-                                                         lines=self.privacy.ledger.export_lines()))
+        self.ledger_reporter.report()  # only the entries the coordinator has not verified yet
 
     def build_index(self) -> Path:
         """Binary codes of this site's archive with the final shared model, for ``pfmh-participant search``."""
