@@ -35,8 +35,8 @@ def _record_calls(daemon) -> list[tuple[str, object]]:  # noqa: ANN001
 
 def _federation(tmp_path: Path):  # noqa: ANN202
     first = write_site_files(tmp_path, SITES, seed=3)[0]
-    cfg = coordinator_config(tmp_path, SITES, rounds=2, train=TRAIN, privacy="local",
-                             dims=(first.image_dim, first.text_dim, first.num_classes))
+    cfg = coordinator_config(tmp_path, SITES, rounds=2, train=TRAIN, privacy="local", train_timeout_s=90,
+                             phase_timeout_s=30, dims=(first.image_dim, first.text_dim, first.num_classes))
     return replace(cfg, server=replace(cfg.server, gather_s=0.5))
 
 
