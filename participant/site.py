@@ -28,7 +28,6 @@ from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.fedhap import FedHAPTrainer
-from pfmh_model.hamming_index import HammingIndex
 from pfmh_model.local_round import (
     make_upload,
     site_batch_seed,
@@ -157,7 +156,7 @@ class SiteDaemon:
             fraction_bits=settings.secagg.fraction_bits, max_abs_value=settings.secagg.max_abs_value,
             neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None,
             prg=PrgAlgorithm(settings.secagg.prg)))
-        self.after_round = 0
+        self.after_round = self.completed_rounds = 0
         self._restore()
 
     def _restore(self) -> None:
@@ -167,6 +166,7 @@ class SiteDaemon:
             return
         progress = self.trainer.load_snapshot(snapshot)
         self.after_round = int(progress.get("after_round", 0))
+        self.completed_rounds = int(progress.get("completed_rounds", 0))
         if progress.get("prototypes") is not None:
             self.prototypes = np.asarray(progress["prototypes"], dtype=np.float64)
         logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
@@ -174,7 +174,8 @@ class SiteDaemon:
     def _checkpoint(self) -> None:
         # One file, so the round counter and prototypes can never disagree with the weights.
         self.trainer.save_snapshot(self.state_dir / "trainer.pt", extra={
-            "after_round": self.after_round, "prototypes": self.prototypes.tolist()})
+            "after_round": self.after_round, "completed_rounds": self.completed_rounds,
+            "prototypes": self.prototypes.tolist()})
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -313,6 +314,7 @@ class SiteDaemon:
             mask_key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.mask_key_shares]))
         result = self.client.poll("GetRoundResult", query, deadline_s=2 * config.phase_timeout_s)
         self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
+        self.completed_rounds += 1
         map_value = self.evaluate()
         self._report(number, map_value)
         self.metrics.rounds.labels("completed").inc()
@@ -364,10 +366,7 @@ class SiteDaemon:
                                                          lines=self.privacy.ledger.export_lines()))
 
     def build_index(self) -> Path:
-        """Binary codes of this site's archive with the final shared model, for ``pfmh-participant search``."""
-        index = HammingIndex(self.trainer.config.bits)
-        index.add(self.trainer.encode(self.data.database, model="shared"))
-        path = self.state_dir / "index.npz"
-        index.save(path)
-        logger.info("%s: archive index of %d codes written to %s", self.cfg.site, len(index), path)
-        return path
+        """The site's archive (``participant.archive``) under the final shared model, for search."""
+        from participant.archive_ops import index_after_federation
+
+        return index_after_federation(self.state_dir, self.data)

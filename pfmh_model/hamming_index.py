@@ -36,13 +36,44 @@ class HammingIndex:
 
     _FORMAT = 1
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, *, build_on_search: bool = True) -> None:
         if bits < 1:
             raise ConfigError(f"bits must be >= 1, got {bits}; use the model's code length")
         self.bits = int(bits)
+        self.build_on_search = build_on_search  # False: the linear scan answers until prepare() is done
         self._blocks: list[np.ndarray] = []
         self._archive_t: np.ndarray | None = None
         self._mih: MultiIndexHashing | None = None  # over the current archive, built lazily
+
+    @classmethod
+    def from_word_major(cls, archive_t: np.ndarray, bits: int, *, build_on_search: bool = False) -> HammingIndex:
+        """An index over word-major packed codes (``packed.T``, e.g. a memory-mapped file), without a copy.
+
+        The linear scan reads ``archive_t`` in place, so opening costs nothing beyond the mapping;
+        multi-index tables (from ``MIH_MIN_ARCHIVE`` codes) are built by :meth:`prepare`, and until
+        then (with ``build_on_search`` False) the linear scan answers, with the same results.
+
+        Shape:
+            - archive_t: (ceil(bits / 64), n) uint64, C-contiguous
+
+        Raises:
+            DataError: the array is not word-major packed codes of ``bits`` bits.
+        """
+        index = cls(bits, build_on_search=build_on_search)
+        archive_t = np.asarray(archive_t)
+        if archive_t.ndim != 2 or archive_t.dtype != np.uint64 or archive_t.shape[0] != words_for(bits) \
+                or not archive_t.flags.c_contiguous:
+            raise DataError(f"word-major codes must be C-contiguous uint64 ({words_for(bits)}, n), got "
+                            f"{archive_t.dtype} {archive_t.shape}")
+        index._blocks = [archive_t.T]
+        index._archive_t = archive_t
+        return index
+
+    def prepare(self) -> None:
+        """Build the multi-index tables now when the archive is large enough to use them (thread-safe to call
+        while other threads search: they switch to the tables once built)."""
+        if len(self) >= MIH_MIN_ARCHIVE and self._mih is None:
+            self._mih = MultiIndexHashing(self.packed, self.bits)
 
     def __len__(self) -> int:
         return sum(block.shape[0] for block in self._blocks)
@@ -80,13 +111,25 @@ class HammingIndex:
             - query_codes: (q, bits)
             - output: SearchResult with (q, min(k, len(self))) arrays
         """
+        return self.search_packed(self._pack_checked(query_codes, "query_codes"), k, chunk_size=chunk_size)
+
+    def search_packed(self, query_packed: np.ndarray, k: int, *, chunk_size: int | None = None) -> SearchResult:
+        """:meth:`search` with queries already packed (``packed_codes.pack_codes``).
+
+        Shape:
+            - query_packed: (q, ceil(bits / 64)) uint64
+        """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}; ask for at least one neighbour")
-        query_packed = self._pack_checked(query_codes, "query_codes")
+        query_packed = check_packed(query_packed, "query_packed")
+        if query_packed.shape[1] != words_for(self.bits):
+            raise DataError(f"query codes have {query_packed.shape[1]} words, this index holds {self.bits}-bit codes")
         if len(self) >= MIH_MIN_ARCHIVE and len(query_packed):
-            if self._mih is None:
-                self._mih = MultiIndexHashing(self.packed, self.bits)
-            return self._mih.search(query_packed, k=k)
+            if self._mih is None and self.build_on_search:
+                self.prepare()
+            mih = self._mih
+            if mih is not None:
+                return mih.search(query_packed, k=k)
         if self._archive_t is None:
             self._archive_t = np.ascontiguousarray(self.packed.T)
         return search_transposed(query_packed, self._archive_t, k, chunk_rows(len(self), chunk_size))
