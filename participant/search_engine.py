@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from participant.archive import Archive, ArchiveSnapshot
+from participant.search_types import Hit, SearchAnswer
 from participant.site_model import SiteModel, load_site_model, snapshot_stamp
 from pfmh_model.hamming_index import HammingIndex
 
@@ -26,27 +26,6 @@ MAX_K = 1000
 
 class SearchRefused(Exception):
     """A search that cannot be answered correctly (wrong model version, bad query, k out of range)."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One neighbour: record id (or add-order number), archive row, Hamming distance, label names."""
-
-    record_id: str
-    row: int
-    distance: int
-    labels: tuple[str, ...] | None
-
-
-@dataclass(frozen=True)
-class SearchAnswer:
-    """Top-k hits per query, with the model version and archive generation that produced them."""
-
-    hits: list[list[Hit]]
-    model_version: str
-    generation: str
-    archive_size: int
-    has_ids: bool
 
 
 class ArchiveView:
