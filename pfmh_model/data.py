@@ -54,7 +54,7 @@ def check_ids(ids: object, n: int, where: str) -> np.ndarray:
         raise DataError(f"{where}: record id {bad[0]!r} is empty or longer than {MAX_ID_BYTES} bytes")
     values, counts = np.unique(out.astype(str), return_counts=True)
     if n and counts.max() > 1:
-        dup = values[int(np.argmax(counts))]
+        dup = str(values[int(np.argmax(counts))])
         raise DataError(f"{where}: record id {dup!r} appears more than once; ids must be unique")
     return out
 

@@ -142,3 +142,25 @@ def test_stats_and_image_only_records(tmp_path: Path, capsys: pytest.CaptureFixt
     found = _search(capsys, toml, path, k=1000)
     for result, name in zip(found["results"], ["img-a", "img-b"], strict=True):
         assert {h["id"]: h["distance"] for h in result["hits"]}[name] == 0
+
+
+def test_a_reencode_racing_an_erasure_cannot_bring_the_record_back(tmp_path: Path) -> None:
+    # Prepare: a re-encode read the archive, then an erasure happened before it published
+    _, data = make_site(tmp_path)
+    state = tmp_path / "state" / "site-a"
+    archive = Archive(state / "archive")
+    before = archive.open()
+    write_model(state, data, seed=4, after_round=2)
+    model = load_site_model(state)
+    codes = model.encode_packed(before.image, before.text, before.present)
+    archive.remove(["rec-00007"])
+    # Execute
+    published = archive.replace_codes(before, codes, model_version=model.version)
+    # Assert: refused, and the live generation still lacks the record
+    assert published is None
+    assert b"rec-00007" not in set(archive.open().ids.tolist())
+    # A crashed writer's unpublished generation is ignored and cleaned by the next write
+    (state / "archive" / "gen-000099").mkdir()
+    assert archive.open().generation != "gen-000099"
+    archive.remove(["rec-00008"])
+    assert [p.name for p in (state / "archive").glob("gen-*")] == [archive.open().generation]
