@@ -105,7 +105,8 @@ class SearchServicer(spb_grpc.SearchServicer):
         view = self.engine.view
         return spb.StatsReply(archive_size=len(view.snapshot), model_version=view.model.version,
                               generation=view.snapshot.generation, bits=view.model.bits,
-                              image_dim=view.model.image_dim, text_dim=view.model.text_dim)
+                              image_dim=view.model.image_dim, text_dim=view.model.text_dim,
+                              index_ready=view.index.ready)
 
 
 def _credentials(cfg: SiteConfig, base: Path) -> grpc.ServerCredentials:

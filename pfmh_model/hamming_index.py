@@ -69,6 +69,11 @@ class HammingIndex:
         index._archive_t = archive_t
         return index
 
+    @property
+    def ready(self) -> bool:
+        """True when searches use the fastest structure this archive size calls for."""
+        return len(self) < MIH_MIN_ARCHIVE or self._mih is not None
+
     def prepare(self) -> None:
         """Build the multi-index tables now when the archive is large enough to use them (thread-safe to call
         while other threads search: they switch to the tables once built)."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/search.proto\x12\x0epfmh.search.v1\"$\n\x05Query\x12\r\n\x05image\x18\x01 \x03(\x02\x12\x0c\n\x04text\x18\x02 \x03(\x02\"B\n\rSearchRequest\x12&\n\x07queries\x18\x01 \x03(\x0b\x32\x15.pfmh.search.v1.Query\x12\t\n\x01k\x18\x02 \x01(\r\"G\n\x03Hit\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\x04\x12\x10\n\x08\x64istance\x18\x03 \x01(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\"0\n\x0bQueryResult\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.pfmh.search.v1.Hit\"\x90\x01\n\x0bSearchReply\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pfmh.search.v1.QueryResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchive_size\x18\x04 \x01(\x04\x12\x12\n\nrecord_ids\x18\x05 \x01(\x08\"\x0e\n\x0cStatsRequest\"\x80\x01\n\nStatsReply\x12\x14\n\x0c\x61rchive_size\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x11\n\timage_dim\x18\x05 \x01(\r\x12\x10\n\x08text_dim\x18\x06 \x01(\r2\x91\x01\n\x06Search\x12\x44\n\x06Search\x12\x1d.pfmh.search.v1.SearchRequest\x1a\x1b.pfmh.search.v1.SearchReply\x12\x41\n\x05Stats\x12\x1c.pfmh.search.v1.StatsRequest\x1a\x1a.pfmh.search.v1.StatsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/search.proto\x12\x0epfmh.search.v1\"$\n\x05Query\x12\r\n\x05image\x18\x01 \x03(\x02\x12\x0c\n\x04text\x18\x02 \x03(\x02\"B\n\rSearchRequest\x12&\n\x07queries\x18\x01 \x03(\x0b\x32\x15.pfmh.search.v1.Query\x12\t\n\x01k\x18\x02 \x01(\r\"G\n\x03Hit\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\x04\x12\x10\n\x08\x64istance\x18\x03 \x01(\r\x12\x0e\n\x06labels\x18\x04 \x03(\t\"0\n\x0bQueryResult\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.pfmh.search.v1.Hit\"\x90\x01\n\x0bSearchReply\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.pfmh.search.v1.QueryResult\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\x14\n\x0c\x61rchive_size\x18\x04 \x01(\x04\x12\x12\n\nrecord_ids\x18\x05 \x01(\x08\"\x0e\n\x0cStatsRequest\"\x95\x01\n\nStatsReply\x12\x14\n\x0c\x61rchive_size\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x11\n\timage_dim\x18\x05 \x01(\r\x12\x10\n\x08text_dim\x18\x06 \x01(\r\x12\x13\n\x0bindex_ready\x18\x07 \x01(\x08\x32\x91\x01\n\x06Search\x12\x44\n\x06Search\x12\x1d.pfmh.search.v1.SearchRequest\x1a\x1b.pfmh.search.v1.SearchReply\x12\x41\n\x05Stats\x12\x1c.pfmh.search.v1.StatsRequest\x1a\x1a.pfmh.search.v1.StatsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,7 +44,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSREQUEST']._serialized_start=414
   _globals['_STATSREQUEST']._serialized_end=428
   _globals['_STATSREPLY']._serialized_start=431
-  _globals['_STATSREPLY']._serialized_end=559
-  _globals['_SEARCH']._serialized_start=562
-  _globals['_SEARCH']._serialized_end=707
+  _globals['_STATSREPLY']._serialized_end=580
+  _globals['_SEARCH']._serialized_start=583
+  _globals['_SEARCH']._serialized_end=728
 # @@protoc_insertion_point(module_scope)

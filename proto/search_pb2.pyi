@@ -59,17 +59,19 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("archive_size", "model_version", "generation", "bits", "image_dim", "text_dim")
+    __slots__ = ("archive_size", "model_version", "generation", "bits", "image_dim", "text_dim", "index_ready")
     ARCHIVE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_DIM_FIELD_NUMBER: _ClassVar[int]
     TEXT_DIM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_READY_FIELD_NUMBER: _ClassVar[int]
     archive_size: int
     model_version: str
     generation: str
     bits: int
     image_dim: int
     text_dim: int
-    def __init__(self, archive_size: _Optional[int] = ..., model_version: _Optional[str] = ..., generation: _Optional[str] = ..., bits: _Optional[int] = ..., image_dim: _Optional[int] = ..., text_dim: _Optional[int] = ...) -> None: ...
+    index_ready: bool
+    def __init__(self, archive_size: _Optional[int] = ..., model_version: _Optional[str] = ..., generation: _Optional[str] = ..., bits: _Optional[int] = ..., image_dim: _Optional[int] = ..., text_dim: _Optional[int] = ..., index_ready: _Optional[bool] = ...) -> None: ...
