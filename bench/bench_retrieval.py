@@ -108,11 +108,16 @@ def _faiss():  # noqa: ANN202
     return faiss
 
 
-def _mih_bytes(index: HammingIndex) -> int:
-    mih = index._mih
-    if mih is None:
+def _extra_bytes(index: HammingIndex) -> int:
+    """Memory of the structure ``prepare`` built, beyond the packed archive."""
+    from pfmh_model.distinct_codes import DistinctCodes
+
+    fast = index._fast
+    if fast is None:
         return 0
-    return sum(o.nbytes + i.nbytes + c.nbytes for o, i, c in mih.tables) + mih.archive_t.nbytes
+    if isinstance(fast, DistinctCodes):
+        return fast.counts.nbytes + fast.offsets.nbytes + fast.rows.nbytes + fast.distinct_t.nbytes
+    return sum(o.nbytes + i.nbytes + c.nbytes for o, i, c in fast.tables) + fast.archive_t.nbytes
 
 
 def bench_archive(archive: np.ndarray, queries: np.ndarray, bits: int, args: argparse.Namespace) -> list[str]:
@@ -142,8 +147,8 @@ def bench_archive(archive: np.ndarray, queries: np.ndarray, bits: int, args: arg
     fast = _cpu_qps(lambda: index.search_packed(queries, k), len(queries), args.repeats)
     fast1 = _cpu_qps(lambda: [index.search_packed(single[i:i + 1], k) for i in range(len(single))],
                      len(single), args.repeats)
-    row("ours: HammingIndex (MIH)" if index._mih is not None else "ours: HammingIndex (scan)", fast, fast1, build_s,
-        (archive.nbytes + _mih_bytes(index)) / n, "yes (identical)")
+    row(f"ours: HammingIndex ({index.method})", fast, fast1, build_s, (archive.nbytes + _extra_bytes(index)) / n,
+        "yes (identical)")
     faiss = _faiss()
     if faiss is None:
         rows.append(f"| {n:.0e} | {bits} | {args.kind} | FAISS: not installed | - | - | - | - | - |")

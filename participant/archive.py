@@ -86,15 +86,20 @@ class ArchiveSnapshot:
 
     def record_ids(self, rows: np.ndarray) -> list[str]:
         """The ids (or add-order numbers) of archive rows."""
-        return [bytes(v).decode("utf-8") for v in self.ids[np.asarray(rows, np.int64)]]
+        return [v.decode("utf-8") for v in self.ids[np.asarray(rows, np.int64)].tolist()]
 
     def record_labels(self, rows: np.ndarray) -> list[list[str]] | None:
         """Label names (or class numbers) of archive rows; None when the archive has no labels."""
         if self.labels is None:
             return None
-        names = self.meta.get("class_names")
-        bits = np.unpackbits(self.labels[np.asarray(rows, np.int64)], axis=1, count=int(self.meta["num_classes"]))
-        return [[names[c] if names else str(c) for c in np.flatnonzero(row)] for row in bits]
+        classes = int(self.meta["num_classes"])
+        names = self.meta.get("class_names") or [str(c) for c in range(classes)]
+        bits = np.unpackbits(self.labels[np.asarray(rows, np.int64)], axis=1, count=classes)
+        which, cls = np.nonzero(bits)
+        out: list[list[str]] = [[] for _ in range(len(bits))]
+        for r, c in zip(which.tolist(), cls.tolist(), strict=True):
+            out[r].append(names[c])
+        return out
 
 
 class Archive:

@@ -57,15 +57,26 @@ class SiteModel:
                       batch_size: int = 4096) -> np.ndarray:
         """Packed binary codes of records with the shared model (absent modalities gated off).
 
+        The same codes as ``SiteTrainer.encode`` (eval mode, no gradients), called per request
+        without its per-call overhead.
+
         Shape:
             - image: (n, image_dim); text: (n, text_dim); present: (n, 2) bool
             - output: (n, ceil(bits / 64)) uint64
         """
+        import torch
+
+        net = self.trainer.shared
+        if net.training:
+            net.eval()
         parts = []
-        for s in range(0, len(present), batch_size):
-            chunk = (np.array(image[s:s + batch_size]), np.array(text[s:s + batch_size]))  # copies: maps are read-only
-            codes = self.trainer.encode(chunk, present=np.array(present[s:s + batch_size]), model="shared")
-            parts.append(pack_codes(codes))
+        with torch.inference_mode():
+            for s in range(0, len(present), batch_size):
+                # copies: memory-mapped archive features are read-only
+                img = torch.from_numpy(np.array(image[s:s + batch_size], np.float32))
+                txt = torch.from_numpy(np.array(text[s:s + batch_size], np.float32))
+                mask = torch.from_numpy(np.array(present[s:s + batch_size], np.float32))
+                parts.append(pack_codes(net(img, txt, present=mask).numpy()))
         if not parts:
             return np.zeros((0, -(-self.bits // 64)), np.uint64)
         return np.concatenate(parts)

@@ -236,11 +236,11 @@ def test_hamming_index_switches_to_multi_index_hashing_with_the_same_answer(monk
     small = index.search(queries, k)
     index.add(archive[1500:])
     large = index.search(queries, k)
-    built = index._mih
+    built = index._fast
     index.add(archive[:10])
     again = index.search(queries, k)
     # Assert: identical to the linear scan, ties included; the MIH tables follow the archive
-    assert built is not None and index._mih is not None and index._mih is not built
+    assert built is not None and index._fast is not None and index._fast is not built
     for result, codes in ((small, archive[:1500]), (large, archive),
                           (again, np.concatenate([archive, archive[:10]]))):
         expected = search(pack_codes(queries), pack_codes(codes), k=k)
