@@ -6,7 +6,7 @@ Layout under the archive folder (``<state_dir>/archive``)::
     gen-000012/      a generation: written completely, then published, never modified afterwards
       meta.json      format, bits, model version, record count, feature dims, class names, id kind
       codes.npy      (ceil(bits / 64), n) uint64, word-major packed codes: the scan reads the map as is
-      ids.npy        (n,) fixed-width UTF-8 record ids
+      ids.npy        (n,) UTF-8 record ids, fixed width (the longest id, at most 128 bytes)
       labels.npy     (n, ceil(C / 8)) uint8 bit-packed labels (only when the records came with labels)
       image.npy, text.npy, present.npy   features and which modality each record has, kept so the
                      archive can be re-encoded when the federation's model changes
@@ -222,7 +222,7 @@ class Archive:
             self._check_compatible(old, meta, batch, bits, model_version)
             ids = self._new_ids(old, meta, batch)
             arrays = {"codes": np.concatenate([old.codes_t, codes_packed.T], axis=1) if old else codes_packed.T,
-                      "ids": np.concatenate([old.ids.astype(ids.dtype), ids]) if old else ids,
+                      "ids": np.concatenate([old.ids, ids]) if old else ids,
                       "image": _joined(old, "image", batch.image), "text": _joined(old, "text", batch.text),
                       "present": _joined(old, "present", batch.present)}
             if meta["num_classes"]:
@@ -255,8 +255,8 @@ class Archive:
         if batch.ids is None:
             start = int(meta["next_number"])
             meta["next_number"] = start + len(batch)
-            return np.array([str(i).encode() for i in range(start, start + len(batch))], dtype=f"S{MAX_ID_BYTES}")
-        ids = np.array([v.encode("utf-8") for v in batch.ids], dtype=f"S{MAX_ID_BYTES}")
+            return np.array([str(i).encode() for i in range(start, start + len(batch))], dtype=np.bytes_)
+        ids = np.array([v.encode("utf-8") for v in batch.ids], dtype=np.bytes_)  # as wide as the longest
         if old is not None and len(old):
             clash = np.flatnonzero(np.isin(ids, old.ids))
             if clash.size:
