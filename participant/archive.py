@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +215,7 @@ class Archive:
         with self.locked():
             old = self.open() if self.exists() else None
             has_ids = batch.ids is not None
-            meta = dict(old.meta) if old else {
+            meta: dict[str, Any] = dict(old.meta) if old else {
                 "bits": bits, "count": 0, "has_ids": has_ids, "next_number": 0, "model_version": model_version,
                 "image_dim": int(batch.image.shape[1]), "text_dim": int(batch.text.shape[1]),
                 "num_classes": 0 if batch.labels is None else int(batch.labels.shape[1]),

@@ -8,8 +8,10 @@ import sys
 import threading
 from pathlib import Path
 
+from participant.archive import ArchiveError
 from participant.client import CoordinatorError, CoordinatorUnreachable
 from participant.config import load_config
+from participant.search_errors import ModelNotReady, SearchRefused
 from participant.site import SiteMismatch
 from pfmh_model.errors import ModelError
 from proto.settings import SettingsError
@@ -76,14 +78,6 @@ def search(args: argparse.Namespace) -> int:
     return run_search(args)
 
 
-def _service_errors() -> tuple[type[Exception], ...]:
-    from participant.archive import ArchiveError
-    from participant.search_engine import SearchRefused
-    from participant.site_model import ModelNotReady
-
-    return ArchiveError, SearchRefused, ModelNotReady
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
@@ -99,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         from participant.budget_cli import run_budget
         return run_budget(args)
     except (SettingsError, SecurityError, OSError, ModelError, SiteMismatch, CoordinatorError,
-            CoordinatorUnreachable, *_service_errors()) as exc:
+            CoordinatorUnreachable, ArchiveError, SearchRefused, ModelNotReady) as exc:
         print(f"pfmh-participant: error: {exc}", file=sys.stderr)
         return 2
 

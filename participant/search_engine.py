@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from participant.archive import Archive, ArchiveSnapshot
+from participant.search_errors import SearchRefused
 from participant.search_types import Hit, SearchAnswer
 from participant.site_model import SiteModel, load_site_model, snapshot_stamp
 from pfmh_model.hamming_index import HammingIndex
@@ -22,10 +23,6 @@ from pfmh_model.hamming_index import HammingIndex
 logger = logging.getLogger(__name__)
 
 MAX_K = 1000
-
-
-class SearchRefused(Exception):
-    """A search that cannot be answered correctly (wrong model version, bad query, k out of range)."""
 
 
 class ArchiveView:

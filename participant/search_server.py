@@ -111,14 +111,14 @@ class SearchServicer(spb_grpc.SearchServicer):
 
 def _credentials(cfg: SiteConfig, base: Path) -> grpc.ServerCredentials:
     s = cfg.search
-    for key, value in (("client_ca", "the CA whose certificates clients must present"),
-                       ("cert", "the server's certificate (serverAuth)"), ("key", "the server's key")):
-        if not getattr(s, key):
-            raise SettingsError(f"search.{key} is not set in site.toml: name {value}")
+    for field, what in (("client_ca", "the CA whose certificates clients must present"),
+                        ("cert", "the server's certificate (serverAuth)"), ("key", "the server's key")):
+        if not getattr(s, field):
+            raise SettingsError(f"search.{field} is not set in site.toml: name {what}")
     files = {"search.client_ca": s.client_ca, "search.cert": s.cert, "search.key": s.key}
-    for key, value in files.items():
+    for name, value in files.items():
         if not (base / value).is_file():
-            raise SettingsError(f"{key} = {value!r}: no such file")
+            raise SettingsError(f"{name} = {value!r}: no such file")
     key, cert, ca = ((base / files[k]).read_bytes() for k in ("search.key", "search.cert", "search.client_ca"))
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
@@ -192,8 +192,8 @@ def serve_until_signal(cfg: SiteConfig, base: Path) -> int:
     signal.signal(signal.SIGHUP, lambda *_: wake.set())
     registry = CollectorRegistry()
     if cfg.search.metrics_listen:
-        host, _, port = cfg.search.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+        host, _, metrics_port = cfg.search.metrics_listen.rpartition(":")
+        start_http_server(int(metrics_port), addr=host or "127.0.0.1", registry=registry)
     with run_search_server(cfg, base=base, registry=registry, wake=wake) as (_, port, _engine):
         print(f"{cfg.site}: search serving on port {port}", flush=True)
         while not stop.wait(1.0):

@@ -16,13 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from participant.search_errors import ModelNotReady
 from pfmh_model.packed_codes import pack_codes
 from pfmh_model.record_file import RecordBatch
 from pfmh_model.training import SiteTrainer, flatten_state
-
-
-class ModelNotReady(Exception):
-    """There is no usable model: no snapshot, or no completed round."""
 
 
 @dataclass(frozen=True)

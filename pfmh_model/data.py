@@ -245,7 +245,7 @@ def load_h5(path: str | os.PathLike[str]) -> MultiModalDataset:
             if isinstance(f.get(ID_KEYS[split]), h5py.Dataset):
                 n = len(arrays[keys[2]])
                 ids = check_ids(f[ID_KEYS[split]][()], n, f"{path}: dataset {ID_KEYS[split]}")
-            splits[split] = Split(*(arrays[k] for k in keys), ids=ids)
+            splits[split] = Split(arrays[keys[0]], arrays[keys[1]], arrays[keys[2]], ids=ids)
             del arrays
         try:
             dataset = MultiModalDataset(name, splits["train"], splits["database"], splits["query"])

@@ -60,7 +60,7 @@ def _features(f: h5py.File, key: str, dim: int, n: int, path: Path, what: str) -
         raise DataError(f"{path}: dataset {key} row {row} has NaN/inf values; a missing {what} is a row "
                         "that is entirely NaN")
     arr[missing] = 0.0
-    return arr, ~missing
+    return arr, np.asarray(~missing, dtype=bool)
 
 
 def load_records(path: str | os.PathLike[str], *, image_dim: int, text_dim: int,
