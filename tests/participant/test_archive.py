@@ -164,3 +164,18 @@ def test_a_reencode_racing_an_erasure_cannot_bring_the_record_back(tmp_path: Pat
     assert archive.open().generation != "gen-000099"
     archive.remove(["rec-00008"])
     assert [p.name for p in (state / "archive").glob("gen-*")] == [archive.open().generation]
+
+
+def test_search_with_rows_of_the_own_query_split_reports_map(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    toml, data = make_site(tmp_path)
+    # Execute
+    some = participant_main(["search", "--config", str(toml), "--query", "0", "1", "-k", "3"])
+    some_out = capsys.readouterr().out
+    every = participant_main(["search", "--config", str(toml), "-k", "3"])
+    every_out = capsys.readouterr().out
+    # Assert: rows 0 and 1 answered with record ids; all rows also give the mAP line
+    assert some == every == 0
+    assert some_out.count("\nquery ") == 2 and "rec-" in some_out and "mAP" not in some_out
+    assert f"mAP of {len(data.query)} own queries against the archive ({len(data.database)} records)" in every_out
