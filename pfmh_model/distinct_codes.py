@@ -44,12 +44,18 @@ class DistinctCodes:
 
     def __init__(self, packed: np.ndarray, bits: int) -> None:
         self.bits, self.n = bits, len(packed)
-        distinct, inverse = np.unique(packed, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        self.counts = np.bincount(inverse, minlength=len(distinct)).astype(np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
-        self.rows = np.argsort(inverse, kind="stable")           # grouped by code, ascending within
-        self.distinct_t = np.ascontiguousarray(distinct.T)
+        # A stable sort by code groups the rows by code, ascending within each group (np.unique
+        # with axis=0 did the same 30x slower: 182 s at 1e7 codes).
+        if packed.shape[1] == 1:
+            self.rows = np.argsort(packed[:, 0], kind="stable")
+        else:
+            self.rows = np.lexsort(packed.T[::-1])
+        ordered = packed[self.rows]
+        first = np.ones(self.n, bool)
+        first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+        self.offsets = np.flatnonzero(first).astype(np.int64)
+        self.counts = np.diff(np.append(self.offsets, self.n)).astype(np.int64)
+        self.distinct_t = np.ascontiguousarray(ordered[self.offsets].T)
 
     def __len__(self) -> int:
         return self.n
