@@ -358,7 +358,9 @@ class SiteTrainer:
         """
         if state.get("format") != "pfmh-site-trainer/1":
             raise StateMismatch(f"snapshot format {state.get('format')!r} is not 'pfmh-site-trainer/1'")
-        if state.get("config") != asdict(self.config):
+        # A snapshot from before modality_dropout existed trained without it (its default, 0).
+        saved = {"modality_dropout": 0.0, **(state.get("config") or {})}
+        if saved != asdict(self.config):
             raise StateMismatch(f"snapshot config {state.get('config')} differs from {asdict(self.config)}; "
                                 "build the trainer with the snapshot's TrainConfig")
         try:

@@ -271,3 +271,17 @@ def test_modality_dropout_hides_one_modality_of_a_fraction_of_records() -> None:
     assert _trainer()._modality_mask(5) is None  # the default draws nothing: training is unchanged
     with pytest.raises(OptionError, match="modality_dropout"):
         TrainConfig(modality_dropout=1.5)
+
+
+def test_snapshot_from_before_modality_dropout_still_loads(tmp_path: Path) -> None:
+    # Prepare: a snapshot whose config lacks the new key, as older versions wrote it
+    trainer = _trainer()
+    state = trainer.state_dict()
+    del state["config"]["modality_dropout"]
+    # Execute
+    again = _trainer()
+    again.load_state_dict(state)
+    # Assert: loads under the default; under another value it is refused
+    np.testing.assert_array_equal(again.encode(_split()), trainer.encode(_split()))
+    with pytest.raises(StateMismatch):
+        _trainer(dataclasses.replace(CFG, modality_dropout=0.5)).load_state_dict(state)
