@@ -28,7 +28,6 @@ from pfmh_model.aggregation import UploadLayout
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
-from pfmh_model.hamming_index import HammingIndex
 from pfmh_model.local_round import site_batch_seed
 from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
@@ -168,7 +167,7 @@ class SiteDaemon:
             neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None,
             prg=PrgAlgorithm(settings.secagg.prg))
         self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=self.secagg_config)
-        self.after_round = 0
+        self.after_round = self.completed_rounds = 0
         self._restore()
 
     def _restore(self) -> None:
@@ -178,6 +177,7 @@ class SiteDaemon:
             return
         progress = self.trainer.load_snapshot(snapshot)
         self.after_round = int(progress.get("after_round", 0))
+        self.completed_rounds = int(progress.get("completed_rounds", 0))
         if progress.get("prototypes") is not None:
             self.prototypes = np.asarray(progress["prototypes"], dtype=np.float64)
         logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
@@ -185,7 +185,8 @@ class SiteDaemon:
     def _checkpoint(self) -> None:
         # One file, so the round counter and prototypes can never disagree with the weights.
         self.trainer.save_snapshot(self.state_dir / "trainer.pt", extra={
-            "after_round": self.after_round, "prototypes": self.prototypes.tolist()})
+            "after_round": self.after_round, "completed_rounds": self.completed_rounds,
+            "prototypes": self.prototypes.tolist()})
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -299,6 +300,7 @@ class SiteDaemon:
         result = self.client.poll("GetRoundResult", query, deadline_s=2 * config.phase_timeout_s)
         self.privacy.record_sum(number, contributors=len(request.survivors), noise_cohort=cohort_m)
         self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
+        self.completed_rounds += 1
         map_value = self.evaluate()
         self._report(number, map_value)
         self.metrics.rounds.labels("completed").inc()
@@ -349,10 +351,7 @@ class SiteDaemon:
         self.ledger_reporter.report()  # only the entries the coordinator has not verified yet
 
     def build_index(self) -> Path:
-        """Binary codes of this site's archive with the final shared model, for ``pfmh-participant search``."""
-        index = HammingIndex(self.trainer.config.bits)
-        index.add(self.trainer.encode(self.data.database, model="shared"))
-        path = self.state_dir / "index.npz"
-        index.save(path)
-        logger.info("%s: archive index of %d codes written to %s", self.cfg.site, len(index), path)
-        return path
+        """The site's archive (``participant.archive``) under the final shared model, for search."""
+        from participant.archive_ops import index_after_federation
+
+        return index_after_federation(self.state_dir, self.data)
