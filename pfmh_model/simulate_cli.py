@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.errors import ModelError
@@ -23,6 +21,7 @@ from pfmh_model.federation import Federation, FederationConfig, Method, RoundRec
 from pfmh_model.partition import class_histograms, format_histograms, partition_dataset
 from pfmh_model.plots import plot_run
 from pfmh_model.synthetic import PRESETS, generate
+from pfmh_model.threads import DEFAULT_THREADS, set_threads
 from pfmh_model.training import TrainConfig
 
 
@@ -45,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-mode", default=ShareMode.PROTOTYPES_AND_MODEL.value, choices=[m.value for m in ShareMode])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="torch intra-op threads (0: one per core, which thrashes when anything else runs; "
+                        "see pfmh_model/threads.py)")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")
     p.add_argument("--show-partition", action="store_true", help="print per-site class histograms of the split")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
@@ -81,8 +82,7 @@ def _methods(text: str) -> list[Method]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     methods = _methods(args.methods)
     dataset = _load(args)
     print(f"dataset: {dataset.describe()}")
