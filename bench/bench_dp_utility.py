@@ -69,7 +69,7 @@ def _run(cell: dict) -> dict:
     train = dataclasses.replace(TrainConfig(), bits=cell["bits"], seed=cell["seed"],
                                 personal_epochs=cell["epochs"], shared_epochs=cell["epochs"])
     cfg = FederationConfig(method=Method.PFMH, rounds=cell["rounds"], train=train, eval_every=cell["rounds"],
-                           share_mode=ShareMode.PROTOTYPES)
+                           share_mode=ShareMode.PROTOTYPES, sites_together=False)  # noise per site
     started = time.perf_counter()
     result = NoisyFederation(parts, cfg).run()
     last = result.rounds[-1]

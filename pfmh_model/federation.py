@@ -14,6 +14,10 @@ Methods (``Method``):
 fedavg, local and fedhap train for personal_epochs + shared_epochs per round, the same number of passes
 over the data as pfmh, so the comparison spends equal local compute.
 
+With ``sites_together`` (the default) the K sites' models of pfmh, fedavg, local and centralized
+are trained as one batched computation (``pfmh_model.site_batch``), equal to training them one
+after another up to float rounding; fedhap always trains one site at a time.
+
 The aggregation step is pluggable (``sum_step``): it receives exactly the vectors sites would
 upload and returns their sum, so the networked coordinator reuses ``aggregate_global`` unchanged.
 """
@@ -37,8 +41,10 @@ from pfmh_model.local_round import (
     make_upload,
     site_batch_seed,
     train_fedavg_site,
+    train_fedavg_sites,
     train_fedhap_site,
     train_pfmh_site,
+    train_pfmh_sites,
 )
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
@@ -69,6 +75,7 @@ class FederationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_every: int = 1
     fedhap: FedHAPConfig = field(default_factory=FedHAPConfig)
+    sites_together: bool = True
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -157,13 +164,30 @@ class Federation:
             stats, losses = train_pfmh_site(trainer, data.train, self.state.prototypes)
         return make_upload(trainer, len(data.train), stats, self.layout), losses
 
+    def _local_updates_together(self) -> tuple[list[np.ndarray], list[dict]]:
+        """Every site's ``_local_update`` at once, the models trained together (``site_batch``)."""
+        trains = [data.train for data in self.train_sites]
+        if self.config.method in (Method.FEDAVG, Method.LOCAL):
+            all_losses = train_fedavg_sites(self.trainers, trains)
+            stats: list = [None] * len(trains)
+        else:
+            assert self.state.prototypes is not None  # noqa: S101
+            stats, all_losses = map(list, zip(*train_pfmh_sites(self.trainers, trains, self.state.prototypes),
+                                              strict=True))
+        uploads = [make_upload(t, len(d), s, self.layout).to_vector(self.layout)
+                   for t, d, s in zip(self.trainers, trains, stats, strict=True)]
+        return uploads, all_losses
+
     def run_round(self) -> dict[str, float]:
         """Local training at every site, aggregation, broadcast. Returns mean losses."""
         uploads, all_losses = [], []
-        for trainer, data in zip(self.trainers, self.train_sites, strict=True):
-            upload, losses = self._local_update(trainer, data)
-            uploads.append(upload.to_vector(self.layout))
-            all_losses.append(losses)
+        if self.config.sites_together and self.config.method is not Method.FEDHAP:
+            uploads, all_losses = self._local_updates_together()
+        else:
+            for trainer, data in zip(self.trainers, self.train_sites, strict=True):
+                upload, losses = self._local_update(trainer, data)
+                uploads.append(upload.to_vector(self.layout))
+                all_losses.append(losses)
         if self.config.method is not Method.LOCAL:
             total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
             aggregate = aggregator(self.config.method.value)
