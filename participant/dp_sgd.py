@@ -46,11 +46,12 @@ def train_shared_dp_sgd(trainer: SiteTrainer, split: Split, *, global_prototypes
                               max_grad_norm=max_grad_norm, epochs=epochs)
     cfg = trainer.config
     batch = min(cfg.batch_size, len(split))
-    image = torch.from_numpy(np.ascontiguousarray(split.image, dtype=np.float32))
-    text = torch.from_numpy(np.ascontiguousarray(split.text, dtype=np.float32))
-    labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
-    prototypes = torch.from_numpy(np.asarray(global_prototypes, dtype=np.float32))
-    noise_generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    device = trainer.device
+    image = torch.from_numpy(np.ascontiguousarray(split.image, dtype=np.float32)).to(device)
+    text = torch.from_numpy(np.ascontiguousarray(split.text, dtype=np.float32)).to(device)
+    labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32)).to(device)
+    prototypes = torch.from_numpy(np.asarray(global_prototypes, dtype=np.float32)).to(device)
+    noise_generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
     model = GradSampleModule(trainer.shared)
     optimizer = DPOptimizer(torch.optim.Adam(trainer.shared.parameters(), lr=cfg.lr),
                             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
@@ -60,7 +61,8 @@ def train_shared_dp_sgd(trainer: SiteTrainer, split: Split, *, global_prototypes
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     try:
         for _ in range(release.steps):
-            chosen = torch.nonzero(torch.rand(len(split), generator=trainer.generator) < release.sample_rate)
+            chosen = torch.nonzero(torch.rand(len(split), generator=trainer.generator, device=device)
+                                   < release.sample_rate)
             idx = chosen.squeeze(1)
             if idx.numel() < 2:  # the step is still accounted (conservative); nothing to learn from
                 continue

@@ -140,7 +140,7 @@ class SiteDaemon:
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, dp_compatible=self.dp_sgd,
                                     batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index),
-                                    method=settings.method, fedhap=settings.fedhap)
+                                    method=settings.method, fedhap=settings.fedhap, device=self.cfg.device)
         bits, protos = self.trainer.config.bits, settings.uses_prototypes
         self.layout = UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
                                    flatten_state(self.trainer.shared_state()).size if settings.shares_model else 0)

@@ -33,6 +33,7 @@ import numpy as np
 
 from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayout, sum_vectors
 from pfmh_model.data import MultiModalDataset, Split
+from pfmh_model.device import check_device_spec
 from pfmh_model.errors import ConfigError
 from pfmh_model.evaluation import evaluate, mean_average_precision
 from pfmh_model.fedhap import FedHAPTrainer
@@ -76,8 +77,10 @@ class FederationConfig:
     eval_every: int = 1
     fedhap: FedHAPConfig = field(default_factory=FedHAPConfig)
     sites_together: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        check_device_spec(self.device)
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.eval_every < 1:
@@ -141,7 +144,7 @@ class Federation:
         self.trainers = [
             trainer_cls(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
                         num_classes=self.num_classes, init_seed=config.train.seed,
-                        batch_seed=site_batch_seed(config.train.seed, k), **extra)
+                        batch_seed=site_batch_seed(config.train.seed, k), device=config.device, **extra)
             for k in range(len(self.train_sites))
         ]
         centres = initial_prototypes(self.num_classes, bits, seed=config.train.seed, method=config.method.value)

@@ -217,7 +217,8 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm1d):
-                norm = nn.GroupNorm(1, child.num_features, eps=child.eps, affine=child.affine)
+                norm = nn.GroupNorm(1, child.num_features, eps=child.eps, affine=child.affine,
+                                    device=child.weight.device if child.affine else None)
                 if child.affine:
                     with torch.no_grad():
                         norm.weight.copy_(child.weight)

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch intra-op threads (0: one per core, which thrashes when anything else runs; "
                         "see pfmh_model/threads.py)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N: where the sites train "
+                   "(codes and statistics come back as numpy either way)")
     p.add_argument("--one-site-at-a-time", action="store_true",
                    help="train the sites one after another instead of as one batched computation")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     for method in methods:
         cfg = FederationConfig(method=method, rounds=args.rounds, share_mode=ShareMode(args.share_mode),
                                train=train_cfg, eval_every=args.eval_every,
-                               sites_together=not args.one_site_at_a_time)
+                               sites_together=not args.one_site_at_a_time, device=args.device)
         print(f"\n== {method.value}: {args.rounds} rounds, {args.bits} bits, "
               f"{train_cfg.personal_epochs}+{train_cfg.shared_epochs} local epochs")
         started = time.perf_counter()
