@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "see pfmh_model/threads.py)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N: where the sites train "
                    "(codes and statistics come back as numpy either way)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes the sites are spread over, one torch thread each (0: one per core, at most "
+                        "one per site; 1: all in this process)")
     p.add_argument("--one-site-at-a-time", action="store_true",
                    help="train the sites one after another instead of as one batched computation")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")
@@ -85,6 +89,12 @@ def _methods(text: str) -> list[Method]:
     return [Method(n) for n in names]
 
 
+def _workers(requested: int, sites: int) -> int:
+    if requested < 0:
+        raise ModelError(f"--workers {requested} is invalid: need 0 (one per core) or more")
+    return max(1, min(requested or (os.cpu_count() or 1), sites))
+
+
 def run(args: argparse.Namespace) -> dict:
     set_threads(args.threads)
     methods = _methods(args.methods)
@@ -102,7 +112,8 @@ def run(args: argparse.Namespace) -> dict:
     for method in methods:
         cfg = FederationConfig(method=method, rounds=args.rounds, share_mode=ShareMode(args.share_mode),
                                train=train_cfg, eval_every=args.eval_every,
-                               sites_together=not args.one_site_at_a_time, device=args.device)
+                               sites_together=not args.one_site_at_a_time, device=args.device,
+                               workers=_workers(args.workers, len(sites)))
         print(f"\n== {method.value}: {args.rounds} rounds, {args.bits} bits, "
               f"{train_cfg.personal_epochs}+{train_cfg.shared_epochs} local epochs")
         started = time.perf_counter()
