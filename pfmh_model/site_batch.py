@@ -32,7 +32,7 @@ from pfmh_model.batched_losses import (
     similarity_losses,
 )
 from pfmh_model.errors import DataError, OptionError
-from pfmh_model.stacked_net import DROPOUT_ORDER, StackedNets, forward
+from pfmh_model.stacked_net import StackedNets, forward
 from pfmh_model.training import Records, SiteTrainer
 
 __all__ = ["train_personal_together", "train_shared_together"]
@@ -98,9 +98,7 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
     txt_buf = torch.zeros(a_max, pad, tensors[order[0]][1].shape[1], device=device)
     lab_buf = torch.zeros(a_max, pad, tensors[order[0]][2].shape[1], device=device)
     teacher_buf = None if sites.teachers is None else torch.zeros(a_max, pad, cfg.bits, device=device)
-    widths = [stack.shapes[name.replace("drop", "linear.weight") if "blocks" in name else "neck_in.weight"][0]
-              for name in DROPOUT_ORDER]
-    keep_bufs = [torch.zeros(a_max, pad, w, dtype=torch.bool, device=device) for w in widths]
+    keep_bufs = [torch.zeros(a_max, pad, w, dtype=torch.bool, device=device) for w in stack.dropout_widths]
     generators = [trainers[k].generator for k in order]
     history = torch.full((steps[order[0]], a_max, len(weights)), float("nan"), device=device)
     positions = torch.arange(pad, device=device)

@@ -23,9 +23,12 @@ from pfmh_model.network import HashNet, _Dropout
 
 __all__ = ["DROPOUT_ORDER", "StackedNets", "forward"]
 
-# The dropout layers in the order HashNet.forward runs them (and so draws their masks).
+# The dropout layers in the order HashNet.forward runs them (and so draws their masks), each with
+# the Linear layer whose output it drops.
 DROPOUT_ORDER = ("image_branch.blocks.0.drop", "image_branch.blocks.1.drop", "text_branch.blocks.0.drop",
                  "text_branch.blocks.1.drop", "neck_drop")
+_DROPPED = ("image_branch.blocks.0.linear", "image_branch.blocks.1.linear", "text_branch.blocks.0.linear",
+            "text_branch.blocks.1.linear", "neck_in")
 _NORMS = ("image_branch.blocks.0.norm", "image_branch.blocks.1.norm", "text_branch.blocks.0.norm",
           "text_branch.blocks.1.norm", "fusion.1")
 
@@ -85,6 +88,7 @@ class StackedNets:
         norm = first.get_submodule(_NORMS[0])
         self.eps, self.momentum = float(norm.eps), float(norm.momentum)
         self.dropouts: list[_Dropout] = [first.get_submodule(name) for name in DROPOUT_ORDER]
+        self.dropout_widths = [shapes[f"{name}.weight"][0] for name in _DROPPED]
 
     def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, pos = {}, 0
