@@ -16,9 +16,11 @@ Default data: the synthetic MIRFlickr shape (4096-d image, 1386-d text, 24 label
 training records), 64 bits.
 
 Against the machine: the matmul FLOPs of one training record (forward and backward of every
-Linear layer; the first layers need no input gradient) times records/s, as a fraction of this
-CPU's measured matmul peak (the best of square float32 matmuls on the same threads). A profile
-of a few steps then says how the step's time splits between matmuls and everything else.
+Linear layer; the first layers need no input gradient) times records per CPU second, as a
+fraction of this CPU's measured matmul peak (the best square float32 matmul, also per CPU
+second, one thread). CPU seconds, not wall seconds, so that other jobs on the machine change
+neither side. A profile of one epoch then says how the step's time splits between matmuls and
+everything else. The sites-together comparison is per CPU second too.
 
     python bench/bench_throughput.py [--preset mirflickr] [--bits 64] [--epochs 2] [--repeats 3] [--threads 1]
         [--together 10]
@@ -49,17 +51,25 @@ _MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def matmul_peak_flops(seconds: float = 1.0) -> float:
-    """Best float32 matmul FLOP/s of square sizes 512-2048 on the current threads."""
+    """Best float32 matmul FLOP per CPU second of square sizes 512-2048 (one thread: CPU time is
+    what the process got, so the figure does not depend on other jobs taking the core)."""
     best = 0.0
     for size in (512, 1024, 2048):
         a, b = torch.randn(size, size), torch.randn(size, size)
         a @ b
-        reps, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / 3:
+        reps, started = 0, time.process_time()
+        while time.process_time() - started < seconds / 3:
             a @ b
             reps += 1
-        best = max(best, 2 * size ** 3 * reps / (time.perf_counter() - started))
+        best = max(best, 2 * size ** 3 * reps / (time.process_time() - started))
     return best
+
+
+def _timed(fn) -> tuple[float, float]:  # noqa: ANN001
+    """(wall seconds, CPU seconds of this process) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def flops_per_record(model: nn.Module) -> float:
@@ -87,7 +97,7 @@ def step_profile(trainer: SiteTrainer, train: Split) -> tuple[float, list[tuple[
 
 
 def together_rates(cfg: TrainConfig, train: Split, k: int, epochs: int) -> tuple[float, float]:
-    """Records/s of K sites (the records split K ways) trained one at a time and together."""
+    """Records per CPU second of K sites (the records split K ways) trained one at a time and together."""
     n = len(train)
     cuts = np.linspace(0, n, k + 1).astype(int)
     splits = [Split(train.image[a:b], train.text[a:b], train.labels[a:b])
@@ -98,13 +108,9 @@ def together_rates(cfg: TrainConfig, train: Split, k: int, epochs: int) -> tuple
                 for i in range(k)]
 
     alone, together = trainers(), trainers()
-    started = time.perf_counter()
-    for trainer, split in zip(alone, splits, strict=True):
-        trainer.train_personal(split, epochs=epochs)
-    one_at_a_time = n * epochs / (time.perf_counter() - started)
-    started = time.perf_counter()
-    train_personal_together(together, splits, epochs=epochs)
-    return one_at_a_time, n * epochs / (time.perf_counter() - started)
+    _, cpu_alone = _timed(lambda: [t.train_personal(s, epochs=epochs) for t, s in zip(alone, splits, strict=True)])
+    _, cpu_together = _timed(lambda: train_personal_together(together, splits, epochs=epochs))
+    return n * epochs / cpu_alone, n * epochs / cpu_together
 
 
 def plain_torch_epochs(cfg: TrainConfig, image: np.ndarray, text: np.ndarray, labels: np.ndarray,
@@ -155,18 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     plain_torch_epochs(cfg, image, text, labels, 1)
     trainer = SiteTrainer(cfg, image_dim=image.shape[1], text_dim=text.shape[1], num_classes=labels.shape[1])
     trainer.train_personal(train, epochs=1)
-    ours, plain, shared = [], [], []
+    ours, plain, shared, ours_cpu, shared_cpu = [], [], [], [], []
     stats = trainer.prototype_statistics(train)
     global_protos = initial_prototypes(labels.shape[1], args.bits, seed=0)
     protos = complete_prototypes(stats, global_protos)
     for r in range(args.repeats):
-        started = time.perf_counter()
-        trainer.train_personal(train, epochs=args.epochs)
-        ours.append(n * args.epochs / (time.perf_counter() - started))
+        wall, cpu = _timed(lambda: trainer.train_personal(train, epochs=args.epochs))
+        ours.append(n * args.epochs / wall)
+        ours_cpu.append(n * args.epochs / cpu)
         plain.append(n_plain * args.epochs / plain_torch_epochs(cfg, image, text, labels, args.epochs))
-        started = time.perf_counter()
-        trainer.train_shared(train, prototypes=protos, global_prototypes=global_protos, epochs=args.epochs)
-        shared.append(n * args.epochs / (time.perf_counter() - started))
+        wall, cpu = _timed(lambda: trainer.train_shared(train, prototypes=protos, global_prototypes=global_protos,
+                                                        epochs=args.epochs))
+        shared.append(n * args.epochs / wall)
+        shared_cpu.append(n * args.epochs / cpu)
         print(f"repeat {r + 1}: ours {ours[-1]:,.0f} rec/s, plain torch {plain[-1]:,.0f} rec/s, "
               f"ours shared step {shared[-1]:,.0f} rec/s", flush=True)
     med = statistics.median
@@ -178,18 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nours / plain torch, same step, same run: {med(ours) / med(plain):.2f}x")
     peak = matmul_peak_flops()
     per_record = flops_per_record(trainer.personal)
-    print(f"\nmeasured matmul peak on {args.threads} thread(s): {peak / 1e9:.1f} GFLOP/s; one record's "
+    print(f"\nmeasured matmul peak: {peak / 1e9:.1f} GFLOP per CPU second (one thread); one record's "
           f"forward + backward: {per_record / 1e6:.2f} MFLOP")
-    for name, rate in (("personal step", med(ours)), ("shared step", med(shared))):
-        print(f"{name}: {rate * per_record / 1e9:.1f} GFLOP/s = {rate * per_record / peak:.0%} of peak")
+    for name, rate in (("personal step", med(ours_cpu)), ("shared step", med(shared_cpu))):
+        print(f"{name}: {rate:,.0f} records per CPU second = {rate * per_record / 1e9:.1f} GFLOP per CPU second "
+              f"= {rate * per_record / peak:.0%} of peak")
     matmul, others = step_profile(trainer, train)
     print(f"personal step profile: {matmul:.0%} of op time in matmuls; largest others: "
           + ", ".join(f"{key} {share:.0%}" for key, share in others))
     if args.together:
         rates = [together_rates(cfg, train, args.together, args.epochs) for _ in range(args.repeats)]
         alone, together = med([r[0] for r in rates]), med([r[1] for r in rates])
-        print(f"\n{args.together} sites of ~{n // args.together} records, personal step, records/s summed "
-              f"over the sites (median of {args.repeats}):")
+        print(f"\n{args.together} sites of ~{n // args.together} records, personal step, records per CPU "
+              f"second summed over the sites (median of {args.repeats}):")
         print(f"| one at a time | {alone:,.0f} |\n| together | {together:,.0f} |\n"
               f"together / one at a time: {together / alone:.2f}x")
     return 0

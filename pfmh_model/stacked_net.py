@@ -1,15 +1,15 @@
 """K HashNets of one architecture as stacked weights, and their training-mode forward in batched matmuls.
 
-The weights of K same-shaped :class:`~pfmh_model.network.HashNet` models are one (K, P) matrix;
-each parameter is a (K, *shape) view of it, so the Adam update and gradient clipping of all K
-models are a few operations on (a, P) rows. ``forward`` is :meth:`HashNet.forward` in training
+The weights of K same-shaped :class:`~pfmh_model.network.HashNet` models are stacked per
+parameter into (K, *shape) tensors, so gradient clipping is a few batched operations and the
+Adam update of all K models one fused-Adam call. ``forward`` is :meth:`HashNet.forward` in training
 mode written with ``baddbmm``: site k's batch is row block k of a (a, B, features) tensor,
 padded to B rows, and BatchNorm takes its statistics over the site's valid rows only. Dropout
 masks are drawn from each site's own generator, in the order ``HashNet.forward`` draws them, so
 the batched step consumes every site's random stream exactly as training it alone does.
 ``tests/pfmh_model/test_site_batch.py`` checks equality with the one-site path.
 
-Shape: a active sites (a prefix of the K stacked), B padded rows, P parameters per model.
+Shape: a active sites (a prefix of the K stacked), B padded rows.
 """
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ def _check_architecture(net: nn.Module) -> None:
 class StackedNets:
     """The weights, Adam moments, step counts and BatchNorm buffers of K models, stacked.
 
+    Each parameter is one contiguous (K, *shape) tensor; Linear weights are kept transposed,
+    (K, in, out), so the batched matmul reads them as they are and their gradients come out in
+    the same layout (no copy per step). ``store`` writes everything back in the models' layout.
+
     Args:
         nets: K models of one architecture (the same options).
         optimizers: their Adam optimisers (state read for the moments and step counts).
@@ -65,22 +69,24 @@ class StackedNets:
                 raise OptionError("the batched path implements plain Adam (one group, no amsgrad/maximize/AdamW)")
         self.names = list(shapes)
         self.shapes = shapes
+        self._transposed = {name for name, shape in shapes.items() if len(shape) == 2}
         self.device = next(first.parameters()).device
-        self.flat = torch.stack([torch.cat([p.detach().reshape(-1) for p in net.parameters()]) for net in nets])
-        self.exp_avg = torch.zeros_like(self.flat)
-        self.exp_avg_sq = torch.zeros_like(self.flat)
+        params = [dict(net.named_parameters()) for net in nets]
+        states = [[opt.state.get(p, {}) for p in net.parameters()] for net, opt in zip(nets, optimizers, strict=True)]
+        self.params = {name: self._stack([site[name] for site in params], name) for name in self.names}
+        self.exp_avg = {name: torch.zeros_like(value) for name, value in self.params.items()}
+        self.exp_avg_sq = {name: torch.zeros_like(value) for name, value in self.params.items()}
         self.steps = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in nets]
-        for k, (net, opt) in enumerate(zip(nets, optimizers, strict=True)):
-            state = [opt.state.get(p, {}) for p in net.parameters()]
+        for k, state in enumerate(states):
             if state[0]:
-                self.exp_avg[k] = torch.cat([s["exp_avg"].reshape(-1) for s in state])
-                self.exp_avg_sq[k] = torch.cat([s["exp_avg_sq"].reshape(-1) for s in state])
+                for name, entry in zip(self.names, state, strict=True):
+                    self.exp_avg[name][k] = self._layout(entry["exp_avg"], name)
+                    self.exp_avg_sq[name][k] = self._layout(entry["exp_avg_sq"], name)
                 self.steps[k].fill_(float(state[0]["step"]))
-        self._params = self._views(self.flat)
         # Per site, its parameters' and moments' views, in the order fused Adam takes them.
-        self._site_params = [[self._params[name][k] for name in self.names] for k in range(len(nets))]
-        self._site_m = [list(site.values()) for site in self._per_site(self.exp_avg)]
-        self._site_v = [list(site.values()) for site in self._per_site(self.exp_avg_sq)]
+        self._site_params = [[self.params[name][k] for name in self.names] for k in range(len(nets))]
+        self._site_m = [[self.exp_avg[name][k] for name in self.names] for k in range(len(nets))]
+        self._site_v = [[self.exp_avg_sq[name][k] for name in self.names] for k in range(len(nets))]
         self.norms = {name: {key: torch.stack([getattr(net.get_submodule(name), key).detach().clone()
                                                for net in nets])
                              for key in ("running_mean", "running_var", "num_batches_tracked")}
@@ -90,29 +96,23 @@ class StackedNets:
         self.dropouts: list[_Dropout] = [first.get_submodule(name) for name in DROPOUT_ORDER]
         self.dropout_widths = [shapes[f"{name}.weight"][0] for name in _DROPPED]
 
-    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, pos = {}, 0
-        for name in self.names:
-            size = self.shapes[name].numel()
-            out[name] = flat[:, pos:pos + size].view(flat.shape[0], *self.shapes[name])
-            pos += size
-        return out
+    def _layout(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """A model-layout tensor in the stack's layout (Linear weights transposed)."""
+        return tensor.detach().mT if name in self._transposed else tensor.detach()
 
-    def _per_site(self, flat: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        views = self._views(flat)
-        return [{name: views[name][k] for name in self.names} for k in range(flat.shape[0])]
+    def _stack(self, tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+        return torch.stack([self._layout(t, name) for t in tensors]).contiguous()
 
     def leaves(self, active: int) -> dict[str, torch.Tensor]:
-        """The first ``active`` sites' parameters as autograd leaves (views of the stack)."""
-        return {name: self._params[name][:active].detach().requires_grad_() for name in self.names}
+        """The first ``active`` sites' parameters as autograd leaves (contiguous views of the stack)."""
+        return {name: self.params[name][:active].detach().requires_grad_() for name in self.names}
 
     def store(self, nets: Sequence[HashNet], optimizers: Sequence[torch.optim.Adam]) -> None:
         """Write weights, buffers and Adam state back into the K models and optimisers."""
-        first_moments, second_moments = self._per_site(self.exp_avg), self._per_site(self.exp_avg_sq)
         for k, (net, opt) in enumerate(zip(nets, optimizers, strict=True)):
             with torch.no_grad():
                 for name, p in net.named_parameters():
-                    p.copy_(self._params[name][k])
+                    p.copy_(self._layout(self.params[name][k], name))
                 for name, buffers in self.norms.items():
                     module = net.get_submodule(name)
                     for key, value in buffers.items():
@@ -120,8 +120,9 @@ class StackedNets:
             if float(self.steps[k]) == 0.0:
                 continue
             for name, p in net.named_parameters():
-                opt.state[p] = {"step": self.steps[k].clone(), "exp_avg": first_moments[k][name].clone(),
-                                "exp_avg_sq": second_moments[k][name].clone()}
+                opt.state[p] = {"step": self.steps[k].clone(),
+                                "exp_avg": self._layout(self.exp_avg[name][k], name).contiguous(),
+                                "exp_avg_sq": self._layout(self.exp_avg_sq[name][k], name).contiguous()}
 
     def adam_step(self, leaves: Mapping[str, torch.Tensor], *, lr: float, weight_decay: float,
                   betas: tuple[float, float], eps: float, grad_clip: float) -> None:
@@ -151,7 +152,8 @@ class StackedNets:
 
 
 def _linear(w: Mapping[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
-    return torch.baddbmm(w[f"{name}.bias"].unsqueeze(1), x, w[f"{name}.weight"].transpose(1, 2))
+    """x W^T + b per site; the stack holds W^T, (a, in, out)."""
+    return torch.baddbmm(w[f"{name}.bias"].unsqueeze(1), x, w[f"{name}.weight"])
 
 
 def _norm(nets: StackedNets, w: Mapping[str, torch.Tensor], name: str, x: torch.Tensor, rows: torch.Tensor,
