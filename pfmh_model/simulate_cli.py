@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "see pfmh_model/threads.py)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N: where the sites train "
                    "(codes and statistics come back as numpy either way)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=int, default=1,
                    help="processes the sites are spread over, one torch thread each (0: one per core, at most "
-                        "one per site; 1: all in this process)")
+                        "one per site). More than 1 pays only on idle cores: on a busy machine the extra "
+                        "process costs CPU (docs/BENCHMARKS.md)")
     p.add_argument("--one-site-at-a-time", action="store_true",
                    help="train the sites one after another instead of as one batched computation")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")

@@ -8,12 +8,14 @@ Linear step took 0.6-0.8 ms on one thread and 1.5-31 ms on two, depending on whe
 scheduler put the threads; one round of ``pfmh-simulate --preset small`` took 9.6-16.7 s on one
 thread and 26-30 s on two (issue 13 saw 15.8 s against 845 s).
 
-Parallelism comes from processes instead: the simulation spreads its sites over one-thread
-worker processes (``pfmh_model.site_workers``, ``pfmh-simulate --workers``) and trains each
-worker's sites together (``pfmh_model.site_batch``); the site daemon is one process per site;
-benchmark sweeps run one process per cell. The default is the same everywhere: ``pfmh-simulate --threads`` (via
-:func:`set_threads`), a site's ``threads`` setting (``participant/config.py``, default 1) and the
-benchmark scripts (one thread per process or worker).
+Parallelism comes from processes instead: the simulation trains its sites together
+(``pfmh_model.site_batch``) and, on idle cores, can spread them over one-thread worker
+processes (``pfmh_model.site_workers``, ``pfmh-simulate --workers``); the site daemon is one
+process per site; benchmark sweeps run one process per cell.
+
+The default is the same everywhere: ``pfmh-simulate --threads`` (via :func:`set_threads`), a
+site's ``threads`` setting (``participant/config.py``, default 1) and the benchmark scripts (one
+thread per process or worker).
 """
 from __future__ import annotations
 
