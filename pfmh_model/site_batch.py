@@ -115,8 +115,9 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
             torch.index_select(lab, 0, idx, out=lab_buf[j, :length])
             if teacher_buf is not None and sites.teachers is not None:
                 torch.index_select(sites.teachers[j], 0, idx, out=teacher_buf[j, :length])
+        rows_t = max(lengths)  # pad this step's batches only as far as its longest
         count = torch.tensor(lengths, dtype=torch.float32, device=device)
-        rows = (positions.unsqueeze(0) < count.unsqueeze(1)).to(torch.float32)
+        rows = (positions[:rows_t].unsqueeze(0) < count.unsqueeze(1)).to(torch.float32)
         keeps: list[torch.Tensor | None] = []
         for drop, buf in zip(stack.dropouts, keep_bufs, strict=True):
             if drop.p == 0.0:
@@ -124,10 +125,12 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
                 continue
             for j in range(a):
                 drop.keep_mask((lengths[j], buf.shape[2]), generators[j], out=buf[j, :lengths[j]])
-            keeps.append(buf[:a].to(torch.float32).mul_(drop.scale))
+            keeps.append(buf[:a, :rows_t].to(torch.float32).mul_(drop.scale))
         leaves = stack.leaves(a)
-        codes = forward(stack, leaves, img_buf[:a], txt_buf[:a], rows.unsqueeze(2), count.view(a, 1, 1), keeps)
-        parts = _terms(weights, codes, lab_buf[:a], rows, count, sites.extras, teacher_buf, a, cfg.temperature)
+        codes = forward(stack, leaves, img_buf[:a, :rows_t], txt_buf[:a, :rows_t], rows.unsqueeze(2),
+                        count.view(a, 1, 1), keeps)
+        teacher = None if teacher_buf is None else teacher_buf[:a, :rows_t]
+        parts = _terms(weights, codes, lab_buf[:a, :rows_t], rows, count, sites.extras, teacher, a, cfg.temperature)
         total = sum(weights[key] * value for key, value in parts.items())
         total.sum().backward()
         history[t, :a] = torch.stack(list(parts.values()), dim=1).detach()
@@ -157,7 +160,7 @@ def _terms(weights: dict[str, float], codes: torch.Tensor, labels: torch.Tensor,
             out[key] = quantization_losses(codes, rows, count)
         elif key == "distillation":
             assert teacher is not None  # noqa: S101 - set whenever the term is
-            out[key] = distillation_losses(codes, teacher[:a], rows, count)
+            out[key] = distillation_losses(codes, teacher, rows, count)
         else:
             out[key] = prototype_contrastive_losses(codes, labels, extras[key][:a], rows, class_mask=mask,
                                                     temperature=temperature)
