@@ -142,3 +142,12 @@ def test_sites_in_two_worker_processes_equal_one_process(data) -> None:  # noqa:
         np.testing.assert_allclose(a.site_map, b.site_map, atol=1e-3)
         np.testing.assert_allclose(a.global_map, b.global_map, atol=1e-3)
     np.testing.assert_allclose(runs[0].final_report["map"], runs[1].final_report["map"], atol=1e-3)
+
+
+def test_worker_groups_balance_records_and_cover_every_site_once() -> None:
+    from pfmh_model.site_workers import balanced_groups
+
+    assert balanced_groups([5, 1, 4, 3], 2) == [[0, 1], [2, 3]]
+    assert balanced_groups([2, 7], 5) == [[1], [0]]
+    groups = balanced_groups([9, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2)
+    assert sorted(k for g in groups for k in g) == list(range(10)) and groups[0] == [0]
