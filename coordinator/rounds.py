@@ -27,7 +27,8 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
 from pfmh_model.server_step import aggregator
 from proto.settings import FederationSettings
-from security.errors import RoundAborted, SecurityError, StageOutOfOrder
+from security.dp_cohort import noise_cohort, sum_noise_multiplier
+from security.errors import RoundAborted, SecurityError, StageOutOfOrder, UnsafeConfiguration
 from security.prg import PrgAlgorithm
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
@@ -190,6 +191,7 @@ class RoundEngine:
             run = self._run(message.round, RoundPhase.MASKED_INPUT)
             run.server.receive_masked_input(site, message)
             run.submitted.add(site)
+            run.masked_inputs.add(site)
             self.cond.notify_all()
 
     def await_unmask_request(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
@@ -271,6 +273,7 @@ class RoundEngine:
         with self.cond:
             self.state.last_round_started += 1
             number = self.state.last_round_started
+            self.state.open_round = {"round": number, "cohort": list(cohort)}
             self.store.save_round_started(self.state)  # write-ahead: round numbers are never reused
             config = SecAggConfig(federation_id=self.settings.federation_id, vector_length=self.layout.length,
                                   fraction_bits=self.settings.secagg.fraction_bits,
@@ -317,6 +320,7 @@ class RoundEngine:
             self._wait_phase(run, shared, s.phase_timeout_s)
             with self.cond:
                 run.unmask_request = run.server.close_masked_inputs()
+                self._check_noise_cohort(run)
                 self._advance(run, RoundPhase.UNMASK, shared)
             survivors = set(run.unmask_request.survivors)
             self._wait_phase(run, survivors, s.phase_timeout_s)
@@ -325,6 +329,23 @@ class RoundEngine:
                 self._complete(run, aggregate.total, aggregate.survivors, survivors)
         except RoundAborted as exc:
             self._abort(run, exc.reason)
+
+    def _check_noise_cohort(self, run: RoundRun) -> None:
+        """Distributed DP: abort, before any share is requested, a sum with fewer honest shares than sized for.
+
+        Each site sized its noise share for m = t - c honest contributors (``security.dp_cohort``); a sum
+        over k inputs of which c may collude holds k - c shares, so k < m + c must never be unmasked.
+        """
+        privacy = self.settings.privacy
+        if privacy.mode != "distributed":
+            return
+        contributors = len(run.unmask_request.survivors)
+        try:
+            m = noise_cohort(threshold=run.server.plan.threshold, colluding_sites=privacy.colluding_sites)
+            sum_noise_multiplier(sigma=privacy.noise_multiplier, contributors=contributors, cohort=m,
+                                 colluding_sites=privacy.colluding_sites)
+        except UnsafeConfiguration as exc:
+            raise RoundAborted(f"distributed DP: {exc}") from exc
 
     def _complete(self, run: RoundRun, total, survivors: tuple[str, ...], expected: set[str]) -> None:
         summed = SiteUpload.from_vector(total, self.layout)
@@ -340,7 +361,9 @@ class RoundEngine:
         self.state.prototypes, self.state.shared_model = new.prototypes, new.shared_model
         seconds = self.clock() - run.started
         self.state.history.append({"round": run.number, "outcome": "completed", "survivors": list(survivors),
-                                   "cohort": list(run.cohort), "seconds": round(seconds, 3)})
+                                   "cohort": list(run.cohort), "seconds": round(seconds, 3),
+                                   "inputs": list(survivors), "dp": self._dp_expected()})  # the round log
+        self.state.open_round = None
         self.store.save_round_outcome(self.state, completed=True)  # before anyone can see the result
         run.result = GlobalState(self.state.completed_rounds, new.prototypes, new.shared_model)
         run.survivors = survivors
@@ -362,13 +385,20 @@ class RoundEngine:
         np.save(buffer, np.asarray(total, dtype=np.float64), allow_pickle=False)
         atomic_write(self.store.dir / "aggregates" / f"round-{number}.npy", buffer.getvalue())
 
+    def _dp_expected(self) -> bool:
+        """Whether every site's input must carry a DP release (the audit's cross-check, ``dp`` in the round log)."""
+        s = self.settings
+        return s.privacy.mode != "off" and (s.uses_prototypes or s.uses_dp_sgd)
+
     def _abort(self, run: RoundRun, reason: str) -> None:
         with self.cond:
             run.abort_reason = reason
             self.metrics.phase_seconds.labels(run.phase.value).observe(self.clock() - run.phase_started)
             run.phase = RoundPhase.ABORTED
             self.state.history.append({"round": run.number, "outcome": "aborted", "reason": reason,
-                                       "cohort": list(run.cohort)})
+                                       "cohort": list(run.cohort), "inputs_received": sorted(run.masked_inputs),
+                                       "dp": self._dp_expected()})
+            self.state.open_round = None
             self.store.save_round_outcome(self.state, completed=False)
             self.metrics.rounds_aborted.labels(_reason_label(reason)).inc()
             self.cond.notify_all()
