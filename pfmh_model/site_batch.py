@@ -131,8 +131,7 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
                         count.view(a, 1, 1), keeps)
         teacher = None if teacher_buf is None else teacher_buf[:a, :rows_t]
         parts = _terms(weights, codes, lab_buf[:a, :rows_t], rows, count, sites.extras, teacher, a, cfg.temperature)
-        total = sum(weights[key] * value for key, value in parts.items())
-        total.sum().backward()
+        torch.stack([weights[key] * value for key, value in parts.items()]).sum().backward()
         history[t, :a] = torch.stack(list(parts.values()), dim=1).detach()
         stack.adam_step(leaves, lr=group["lr"], weight_decay=group["weight_decay"], betas=group["betas"],
                         eps=group["eps"], grad_clip=cfg.grad_clip)

@@ -14,6 +14,7 @@ Shape: a active sites (a prefix of the K stacked), B padded rows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -38,9 +39,13 @@ def _check_architecture(net: nn.Module) -> None:
         raise OptionError(f"sites can be trained together only with plain HashNet models, got "
                           f"{type(net).__name__}")
     for name in _NORMS:
-        if not isinstance(net.get_submodule(name), nn.BatchNorm1d):
-            raise OptionError(f"{name} is {type(net.get_submodule(name)).__name__}, the batched path needs "
+        module = net.get_submodule(name)
+        if not isinstance(module, nn.BatchNorm1d):
+            raise OptionError(f"{name} is {type(module).__name__}, the batched path needs "
                               "BatchNorm1d (a DP-compatible model is trained one site at a time)")
+        if module.momentum is None or not (module.affine and module.track_running_stats):
+            raise OptionError(f"{name}: the batched path needs an affine BatchNorm1d with running statistics "
+                              "and a momentum")
 
 
 class StackedNets:
@@ -91,9 +96,9 @@ class StackedNets:
                                                for net in nets])
                              for key in ("running_mean", "running_var", "num_batches_tracked")}
                       for name in _NORMS}
-        norm = first.get_submodule(_NORMS[0])
-        self.eps, self.momentum = float(norm.eps), float(norm.momentum)
-        self.dropouts: list[_Dropout] = [first.get_submodule(name) for name in DROPOUT_ORDER]
+        norm = cast(nn.BatchNorm1d, first.get_submodule(_NORMS[0]))
+        self.eps, self.momentum = float(norm.eps), float(norm.momentum or 0.0)
+        self.dropouts = [cast(_Dropout, first.get_submodule(name)) for name in DROPOUT_ORDER]
         self.dropout_widths = [shapes[f"{name}.weight"][0] for name in _DROPPED]
 
     def _layout(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
@@ -131,9 +136,12 @@ class StackedNets:
         ``clip_grad_norm_`` per site (the norm over all of a site's gradients), then torch's fused
         Adam kernel, which ``SiteTrainer``'s optimisers (``fused=True``) run too.
         """
-        grads = [leaves[name].grad for name in self.names]
-        if any(g is None for g in grads):
-            raise OptionError("a parameter got no gradient; the loss does not reach every weight")
+        grads = []
+        for name in self.names:
+            grad = leaves[name].grad
+            if grad is None:
+                raise OptionError(f"{name} got no gradient; the loss does not reach every weight")
+            grads.append(grad)
         active = grads[0].shape[0]
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(active, -1), dim=1) for g in grads])
         coef = torch.clamp(grad_clip / (torch.linalg.vector_norm(norms, dim=0) + 1e-6), max=1.0)
