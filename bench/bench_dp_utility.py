@@ -82,7 +82,8 @@ def _run(cell: dict) -> dict:
 
         def __init__(self, settings: FederationSettings, folder: Path) -> None:
             super().__init__(parts, FederationConfig(method=Method(method), rounds=cell["rounds"], train=train,
-                                                     eval_every=cell["rounds"], share_mode=ShareMode(share_mode)))
+                                                     eval_every=cell["rounds"], share_mode=ShareMode(share_mode),
+                                                     sites_together=False))  # the daemon's release, per site
             kinds = LocalRelease.dp_models(settings)
             self.releases = []
             for k, t in enumerate(self.trainers):

@@ -13,6 +13,7 @@ from pathlib import Path
 from proto.settings import SettingsError, load_toml
 
 SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class SiteConfig:
     tls: SiteTls
     server_name: str = "localhost"  # name in the coordinator certificate
     state_dir: str = "state/site"
-    threads: int = 1
+    threads: int = 1                # torch intra-op threads (pfmh_model/threads.py: more thrash on a busy machine)
+    device: str = "cpu"            # auto | cpu | cuda | cuda:N: where this site trains (pfmh_model/device.py)
     privacy: SitePrivacy = field(default_factory=SitePrivacy)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     metrics_listen: str = ""       # "127.0.0.1:9465" exposes this site's metrics; empty: off
@@ -78,6 +80,8 @@ class SiteConfig:
             raise ValueError(f"site={self.site!r}: use [a-z0-9-]{{1,63}}")
         if self.threads < 1:
             raise ValueError(f"threads={self.threads} must be >= 1")
+        if not DEVICE.match(self.device):
+            raise ValueError(f"device={self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.privacy.epsilon_max <= 0:
             raise ValueError(f"privacy.epsilon_max={self.privacy.epsilon_max} must be > 0")
 

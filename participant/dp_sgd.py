@@ -50,7 +50,7 @@ def planned_release(trainer: SiteTrainer, n_records: int, *, noise_multiplier: f
 
 
 def _anchor_loss(trainer: SiteTrainer, prototypes: np.ndarray) -> PerRecordLoss:
-    cfg, p = trainer.config, torch.from_numpy(np.asarray(prototypes, dtype=np.float32))
+    cfg, p = trainer.config, torch.from_numpy(np.asarray(prototypes, dtype=np.float32)).to(trainer.device)
     return lambda codes, labels: (cfg.weights.contrastive * prototype_contrastive_loss(
         codes, labels, p, temperature=cfg.temperature, per_record=True)
         + cfg.weights.quantization * quantization_loss_per_record(codes))
@@ -70,13 +70,14 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
         raise ValueError("DP-SGD needs a model without BatchNorm: build the trainer with dp_compatible / "
                          "dp_personal")
     cfg, n = trainer.config, len(split)
-    image = torch.from_numpy(np.ascontiguousarray(split.image, dtype=np.float32))
-    text = torch.from_numpy(np.ascontiguousarray(split.text, dtype=np.float32))
-    labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
-    noise_generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    device = trainer.device
+    image = torch.from_numpy(np.ascontiguousarray(split.image, dtype=np.float32)).to(device)
+    text = torch.from_numpy(np.ascontiguousarray(split.text, dtype=np.float32)).to(device)
+    labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32)).to(device)
+    noise_generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
     # Dropout masks are handed out by position in the lot, so adding a record shifts the masks of the records
     # after it; secret i.i.d. masks keep that shift invisible (the public trainer generator would not).
-    mask_generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    mask_generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
     expected_batch = max(1, round(release.sample_rate * n))
     sampled = GradSampleModule(model)
     optimizer = DPOptimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr),
@@ -104,7 +105,7 @@ def _step(optimizer, sampled: nn.Module, model: nn.Module, image: torch.Tensor, 
           labels: torch.Tensor, loss_fn: PerRecordLoss, release: Release, *, n: int, mask: torch.Generator,
           noise: torch.Generator, expected_batch: int, max_grad_norm: float) -> None:
     """One DP-SGD step on a fresh secret Poisson lot."""
-    idx = torch.from_numpy(poisson_sample(n, release.sample_rate))
+    idx = torch.from_numpy(poisson_sample(n, release.sample_rate)).to(image.device)
     optimizer.zero_grad(set_to_none=True)
     if idx.numel() == 0:  # the mechanism's step on an empty lot: noise only
         _noise_only_step(optimizer, model, std=release.noise_multiplier * max_grad_norm,
@@ -121,7 +122,8 @@ def _noise_only_step(optimizer, model: nn.Module, *, std: float, expected_batch:
     """DP-SGD's update for an empty lot: Gaussian noise N(0, (sigma C)^2) / B as the gradient."""
     for param in model.parameters():
         if param.requires_grad:
-            param.grad = torch.normal(0.0, std, param.shape, generator=generator) / expected_batch
+            param.grad = torch.normal(0.0, std, param.shape, generator=generator,
+                                      device=param.device) / expected_batch
     optimizer.original_optimizer.step()
 
 
@@ -156,7 +158,7 @@ def train_fedhap_dp_sgd(trainer: FedHAPTrainer, split: Split, *, global_codes: n
     """
     release = planned_release(trainer, len(split), noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                               epochs=epochs, mechanism=ENCODER_MECHANISM)
-    w, codes_p = trainer.fedhap, torch.from_numpy(np.asarray(global_codes, dtype=np.float32))
+    w, codes_p = trainer.fedhap, torch.from_numpy(np.asarray(global_codes, dtype=np.float32)).to(trainer.device)
 
     def loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (w.prototype * prototype_loss(h, y, codes_p, per_record=True)

@@ -195,6 +195,8 @@ class LocalRelease:
 
     def _frozen_codes(self, train: Split) -> np.ndarray:
         assert self.frozen is not None
+        device = next(self.frozen.parameters()).device
         with torch.no_grad():
-            return self.frozen(torch.from_numpy(np.ascontiguousarray(train.image, dtype=np.float32)),
-                               torch.from_numpy(np.ascontiguousarray(train.text, dtype=np.float32))).numpy()
+            return self.frozen(torch.from_numpy(np.ascontiguousarray(train.image, dtype=np.float32)).to(device),
+                               torch.from_numpy(np.ascontiguousarray(train.text, dtype=np.float32)).to(device)
+                               ).cpu().numpy()

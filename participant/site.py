@@ -133,7 +133,7 @@ class SiteDaemon:
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
                                     batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index),
-                                    method=settings.method, fedhap=settings.fedhap)
+                                    method=settings.method, fedhap=settings.fedhap, device=self.cfg.device)
         frozen = self.cfg.privacy.frozen_encoder
         self.frozen_encoder = load_frozen_encoder(  # before any training or restore: the common initial weights
             self.trainer.personal, self.base / frozen if frozen else None, settings.privacy.frozen_encoder_sha256

@@ -14,6 +14,11 @@ Methods (``Method``):
 fedavg, local and fedhap train for personal_epochs + shared_epochs per round, the same number of passes
 over the data as pfmh, so the comparison spends equal local compute.
 
+With ``sites_together`` (the default) the K sites' models of pfmh, fedavg, local and centralized
+are trained as one batched computation (``pfmh_model.site_batch``), equal to training them one
+after another up to float rounding; fedhap always trains one site at a time. With ``workers`` > 1
+the sites are spread over that many one-thread processes (``pfmh_model.site_workers``).
+
 The aggregation step is pluggable (``sum_step``): it receives exactly the vectors sites would
 upload and returns their sum, so the networked coordinator reuses ``aggregate_global`` unchanged.
 """
@@ -29,6 +34,7 @@ import numpy as np
 
 from pfmh_model.aggregation import GlobalState, SiteUpload, SumStep, UploadLayout, sum_vectors
 from pfmh_model.data import MultiModalDataset, Split
+from pfmh_model.device import check_device_spec
 from pfmh_model.errors import ConfigError
 from pfmh_model.evaluation import evaluate, mean_average_precision
 from pfmh_model.fedhap import FedHAPTrainer
@@ -37,10 +43,13 @@ from pfmh_model.local_round import (
     make_upload,
     site_batch_seed,
     train_fedavg_site,
+    train_fedavg_sites,
     train_fedhap_site,
     train_pfmh_site,
+    train_pfmh_sites,
 )
 from pfmh_model.server_step import aggregator, initial_prototypes
+from pfmh_model.site_workers import SiteWorkers
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
 
 logger = logging.getLogger(__name__)
@@ -69,8 +78,14 @@ class FederationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_every: int = 1
     fedhap: FedHAPConfig = field(default_factory=FedHAPConfig)
+    sites_together: bool = True
+    device: str = "cpu"
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        check_device_spec(self.device)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.eval_every < 1:
@@ -117,7 +132,9 @@ class Federation:
     """K in-process sites sharing one round loop (see module docstring for the methods)."""
 
     def __init__(self, sites: list[MultiModalDataset], config: FederationConfig, *,
-                 sum_step: SumStep = sum_vectors) -> None:
+                 sum_step: SumStep = sum_vectors, site_indices: list[int] | None = None) -> None:
+        """``site_indices``: the sites' places in the whole federation (their batch seeds); a
+        worker process (``site_workers``) holding some of the sites passes them."""
         if not sites:
             raise ConfigError("a federation needs at least one site")
         self.config = config
@@ -131,11 +148,16 @@ class Federation:
         # different sites then live in one code space, which summing them requires.
         extra = {"fedhap": config.fedhap} if config.method is Method.FEDHAP else {}
         trainer_cls = FedHAPTrainer if config.method is Method.FEDHAP else SiteTrainer
+        indices = list(range(len(self.train_sites))) if site_indices is None else site_indices
+        self.workers = None
+        if config.workers > 1 and len(self.train_sites) > 1:
+            self.workers = SiteWorkers(sites, config, config.workers)
+            indices = indices[:1]  # one trainer here, for the upload layout only
         self.trainers = [
             trainer_cls(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
                         num_classes=self.num_classes, init_seed=config.train.seed,
-                        batch_seed=site_batch_seed(config.train.seed, k), **extra)
-            for k in range(len(self.train_sites))
+                        batch_seed=site_batch_seed(config.train.seed, k), device=config.device, **extra)
+            for k in indices
         ]
         centres = initial_prototypes(self.num_classes, bits, seed=config.train.seed, method=config.method.value)
         model_size = flatten_state(self.trainers[0].shared_state()).size if config.shares_model else 0
@@ -157,28 +179,67 @@ class Federation:
             stats, losses = train_pfmh_site(trainer, data.train, self.state.prototypes)
         return make_upload(trainer, len(data.train), stats, self.layout), losses
 
-    def run_round(self) -> dict[str, float]:
-        """Local training at every site, aggregation, broadcast. Returns mean losses."""
+    def _local_updates_together(self) -> tuple[list[np.ndarray], list[dict]]:
+        """Every site's ``_local_update`` at once, the models trained together (``site_batch``)."""
+        trains = [data.train for data in self.train_sites]
+        if self.config.method in (Method.FEDAVG, Method.LOCAL):
+            all_losses = train_fedavg_sites(self.trainers, trains)
+            stats: list = [None] * len(trains)
+        else:
+            assert self.state.prototypes is not None  # noqa: S101
+            stats, all_losses = map(list, zip(*train_pfmh_sites(self.trainers, trains, self.state.prototypes),
+                                              strict=True))
+        uploads = [make_upload(t, len(d), s, self.layout).to_vector(self.layout)
+                   for t, d, s in zip(self.trainers, trains, stats, strict=True)]
+        return uploads, all_losses
+
+    def local_work(self) -> tuple[list[np.ndarray], list[dict]]:
+        """Every site's upload vector and losses for this round (in workers when there are any)."""
+        if self.workers is not None:
+            return self.workers.local_work(self.state)
+        # The batched path has no modality dropout (issue 17's option): such runs train one site at a time.
+        if (self.config.sites_together and self.config.method is not Method.FEDHAP
+                and not self.config.train.modality_dropout):
+            return self._local_updates_together()
         uploads, all_losses = [], []
         for trainer, data in zip(self.trainers, self.train_sites, strict=True):
             upload, losses = self._local_update(trainer, data)
             uploads.append(upload.to_vector(self.layout))
             all_losses.append(losses)
+        return uploads, all_losses
+
+    def load_shared_model(self, vector: np.ndarray) -> None:
+        """Every site takes the aggregated shared model (flat vector, ``flatten_state`` order)."""
+        if self.workers is not None:
+            self.workers.load_shared_model(vector)
+            return
+        for trainer in self.trainers:
+            trainer.load_shared_state(unflatten_state(vector, trainer.shared_state()))
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (``run`` does it when it ends)."""
+        if self.workers is not None:
+            self.workers.close()
+
+    def run_round(self) -> dict[str, float]:
+        """Local training at every site, aggregation, broadcast. Returns mean losses."""
+        uploads, all_losses = self.local_work()
         if self.config.method is not Method.LOCAL:
             total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
             aggregate = aggregator(self.config.method.value)
             self.state = aggregate(total, self.state, bits=self.config.train.bits, seed=self.config.train.seed)
             if self.state.shared_model is not None:
-                for trainer in self.trainers:
-                    trainer.load_shared_state(unflatten_state(self.state.shared_model, trainer.shared_state()))
+                self.load_shared_model(self.state.shared_model)
         else:
             self.state = GlobalState(self.state.round + 1, None, None)
         keys = set().union(*all_losses)
         return {k: float(np.mean([d[k] for d in all_losses if k in d])) for k in sorted(keys)}
 
     # ----------------------------------------------------------------------------- evaluation
-    def _codes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def site_codes(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(query codes, database codes) per evaluation site, each encoded by the model that site holds."""
+        if self.workers is not None:
+            return self.workers.site_codes()
         out = []
         for k, site in enumerate(self.eval_sites):
             trainer = self.trainers[0] if self.config.method is Method.CENTRALIZED else self.trainers[k]
@@ -187,7 +248,7 @@ class Federation:
 
     def evaluate(self) -> tuple[list[float | None], float, float]:
         """Per-site mAP (own queries vs own archive), their mean, and global mAP (all vs union)."""
-        codes = self._codes()
+        codes = self.site_codes()
         site_map: list[float | None] = []
         for (q, db), site in zip(codes, self.eval_sites, strict=True):
             if len(q) == 0 or len(db) == 0:
@@ -209,11 +270,18 @@ class Federation:
         return q_all, db_all, ql, dl
 
     def final_report(self) -> dict:
-        codes = self._codes()
+        codes = self.site_codes()
         return evaluate(*self._union(codes)).to_dict()
 
     # ----------------------------------------------------------------------------- driver
     def run(self, *, on_round: RoundCallback | None = None) -> FederationResult:
+        """All rounds, evaluating every ``eval_every`` rounds and after the last; stops any workers."""
+        try:
+            return self._run(on_round)
+        finally:
+            self.close()
+
+    def _run(self, on_round: RoundCallback | None) -> FederationResult:
         records: list[RoundRecord] = []
         train_records = sum(len(s.train) for s in self.train_sites)
         epochs = self.config.train.personal_epochs + self.config.train.shared_epochs

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,15 +152,16 @@ class FedHAPTrainer(SiteTrainer):
     Args:
         config: the common training options (bits, lr, batch size, epochs, seed).
         fedhap: FedHAP's knobs.
-        **kwargs: passed to :class:`SiteTrainer` (image_dim, text_dim, num_classes, init_seed, batch_seed).
+        **kwargs: passed to :class:`SiteTrainer` (image_dim, text_dim, num_classes, init_seed, batch_seed,
+            device).
     """
 
-    def __init__(self, config: TrainConfig, *, fedhap: FedHAPConfig | None = None, **kwargs: int | None) -> None:
+    def __init__(self, config: TrainConfig, *, fedhap: FedHAPConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)  # type: ignore[arg-type]
         self.fedhap = fedhap if fedhap is not None else FedHAPConfig()
         init = kwargs.get("init_seed")
         gen = torch.Generator().manual_seed((config.seed if init is None else init) + 1)
-        self.discriminator = Discriminator(config.bits, hidden=self.fedhap.disc_hidden, generator=gen)
+        self.discriminator = Discriminator(config.bits, hidden=self.fedhap.disc_hidden, generator=gen).to(self.device)
         self.disc_opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.fedhap.disc_lr, betas=(0.5, 0.999))
 
     def train_fedhap(self, split: Records, *, prototypes: np.ndarray, epochs: int | None = None) -> dict[str, float]:
@@ -177,7 +179,7 @@ class FedHAPTrainer(SiteTrainer):
             DataError: ``prototypes`` is not (C, b).
         """
         img, txt, lab = self._tensors(split)
-        protos = torch.as_tensor(np.asarray(prototypes, dtype=np.float32))
+        protos = torch.as_tensor(np.asarray(prototypes, dtype=np.float32), device=self.device)
         if protos.shape != (lab.shape[1], self.config.bits):
             raise DataError(f"global codes are {tuple(protos.shape)}, expected ({lab.shape[1]}, {self.config.bits})")
         n_epochs = self.config.personal_epochs + self.config.shared_epochs if epochs is None else epochs

@@ -4,12 +4,15 @@ The coordinator's side (round-0 prototypes, each method's aggregation) is in ``s
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from pfmh_model.aggregation import SiteUpload, UploadLayout
 from pfmh_model.data import Split
 from pfmh_model.fedhap import FedHAPTrainer
 from pfmh_model.prototypes import PrototypeStats, complete_prototypes
+from pfmh_model.site_batch import train_personal_together, train_shared_together
 from pfmh_model.training import SiteTrainer, flatten_state
 
 
@@ -58,3 +61,21 @@ def make_upload(trainer: SiteTrainer, n_records: int, stats: PrototypeStats | No
     """What the site contributes: prototype statistics and/or n_k * shared weights, and n_k."""
     weighted = float(n_records) * flatten_state(trainer.shared_state()) if layout.model_size else None
     return SiteUpload(stats if layout.has_prototypes else None, weighted, float(n_records))
+
+
+def train_pfmh_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split],
+                     global_prototypes: np.ndarray) -> list[tuple[PrototypeStats, dict[str, float]]]:
+    """:func:`train_pfmh_site` at every site, the sites' models trained together (``site_batch``)."""
+    personal = train_personal_together(trainers, trains)
+    stats = [t.prototype_statistics(s) for t, s in zip(trainers, trains, strict=True)]
+    completed = [complete_prototypes(s, global_prototypes) for s in stats]
+    shared = train_shared_together(trainers, trains, prototypes=completed, global_prototypes=global_prototypes)
+    return [(st, {**p, **{f"shared_{k}": v for k, v in sh.items()}})
+            for st, p, sh in zip(stats, personal, shared, strict=True)]
+
+
+def train_fedavg_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split]) -> list[dict[str, float]]:
+    """:func:`train_fedavg_site` at every site, the sites' models trained together."""
+    epochs = trainers[0].config.personal_epochs + trainers[0].config.shared_epochs
+    return train_shared_together(trainers, trains, prototypes=None, global_prototypes=None, epochs=epochs,
+                                 distill=False)

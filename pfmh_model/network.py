@@ -40,10 +40,26 @@ class _Dropout(nn.Module):
             return x
         if generator is None:
             return F.dropout(x, self.p, training=True)
-        words = torch.empty(x.numel() // 4 + 1, dtype=torch.int64, device=x.device)
+        return x.mul(self.keep_mask(x.shape, generator)).mul_(self._scale)
+
+    def keep_mask(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator, *,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """The bool mask of kept units for an input of ``shape``, drawn from ``generator``.
+
+        ``out`` (bool, ``shape``) receives it in place; the batched site trainer
+        (``pfmh_model.stacked_net``) draws each site's mask into its rows of one padded tensor.
+        The draws are the same either way, so both paths see the same masks.
+        """
+        numel = math.prod(shape)
+        words = torch.empty(numel // 4 + 1, dtype=torch.int64, device=generator.device)
         words.random_(-(2**63), 2**63 - 1, generator=generator)
-        keep = words.view(torch.int16)[: x.numel()].view(x.shape) >= self._threshold
-        return x.mul(keep).mul_(self._scale)
+        halves = words.view(torch.int16)[:numel].view(shape)
+        return torch.ge(halves, self._threshold) if out is None else torch.ge(halves, self._threshold, out=out)
+
+    @property
+    def scale(self) -> float:
+        """Factor applied to kept units: 1 / (1 - the quantised drop probability)."""
+        return self._scale
 
 
 class _Block(nn.Module):
@@ -208,7 +224,8 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm1d):
-                norm = nn.GroupNorm(1, child.num_features, eps=child.eps, affine=child.affine)
+                norm = nn.GroupNorm(1, child.num_features, eps=child.eps, affine=child.affine,
+                                    device=child.weight.device if child.affine else None)
                 if child.affine:
                     with torch.no_grad():
                         norm.weight.copy_(child.weight)

@@ -10,11 +10,10 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
-
-import torch
 
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
@@ -23,6 +22,7 @@ from pfmh_model.federation import Federation, FederationConfig, Method, RoundRec
 from pfmh_model.partition import class_histograms, format_histograms, partition_dataset
 from pfmh_model.plots import plot_run
 from pfmh_model.synthetic import PRESETS, generate
+from pfmh_model.threads import DEFAULT_THREADS, set_threads
 from pfmh_model.training import TrainConfig
 
 
@@ -45,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share-mode", default=ShareMode.PROTOTYPES_AND_MODEL.value, choices=[m.value for m in ShareMode])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="torch intra-op threads (0: one per core, which thrashes when anything else runs; "
+                        "see pfmh_model/threads.py)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N: where the sites train "
+                   "(codes and statistics come back as numpy either way)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes the sites are spread over, one torch thread each (0: one per core, at most "
+                        "one per site). More than 1 pays only on idle cores: on a busy machine the extra "
+                        "process costs CPU (docs/BENCHMARKS.md)")
+    p.add_argument("--one-site-at-a-time", action="store_true",
+                   help="train the sites one after another instead of as one batched computation")
     p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")
     p.add_argument("--show-partition", action="store_true", help="print per-site class histograms of the split")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
@@ -80,9 +90,14 @@ def _methods(text: str) -> list[Method]:
     return [Method(n) for n in names]
 
 
+def _workers(requested: int, sites: int) -> int:
+    if requested < 0:
+        raise ModelError(f"--workers {requested} is invalid: need 0 (one per core) or more")
+    return max(1, min(requested or (os.cpu_count() or 1), sites))
+
+
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     methods = _methods(args.methods)
     dataset = _load(args)
     print(f"dataset: {dataset.describe()}")
@@ -97,7 +112,9 @@ def run(args: argparse.Namespace) -> dict:
     curves, prs = {}, {}
     for method in methods:
         cfg = FederationConfig(method=method, rounds=args.rounds, share_mode=ShareMode(args.share_mode),
-                               train=train_cfg, eval_every=args.eval_every)
+                               train=train_cfg, eval_every=args.eval_every,
+                               sites_together=not args.one_site_at_a_time, device=args.device,
+                               workers=_workers(args.workers, len(sites)))
         print(f"\n== {method.value}: {args.rounds} rounds, {args.bits} bits, "
               f"{train_cfg.personal_epochs}+{train_cfg.shared_epochs} local epochs")
         started = time.perf_counter()

@@ -34,20 +34,21 @@ def train_config(options: Mapping[str, Any]) -> TrainConfig:
 
 def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
                  dp_compatible: bool = False, dp_personal: bool = False, batch_seed: int | None = None,
-                 method: str = "pfmh", fedhap: Mapping[str, Any] | None = None) -> SiteTrainer:
+                 method: str = "pfmh", fedhap: Mapping[str, Any] | None = None, device: str = "cpu") -> SiteTrainer:
     """A trainer whose initial weights depend only on ``options['seed']`` (common to all sites).
 
     ``method`` "fedhap" gives a :class:`~pfmh_model.fedhap.FedHAPTrainer` with the ``fedhap`` knobs;
     every other method a :class:`SiteTrainer`. The shared network is the same either way.
+    ``device`` is where it trains (``pfmh_model.device``); the initial weights do not depend on it.
     """
     config = train_config(options)
     if method == "fedhap":
         trainer: SiteTrainer = FedHAPTrainer(config, fedhap=fedhap_config(fedhap), image_dim=image_dim,
                                              text_dim=text_dim, num_classes=num_classes, init_seed=config.seed,
-                                             batch_seed=batch_seed)
+                                             batch_seed=batch_seed, device=device)
     else:
         trainer = SiteTrainer(config, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
-                              init_seed=config.seed, batch_seed=batch_seed)
+                              init_seed=config.seed, batch_seed=batch_seed, device=device)
     if dp_compatible:
         trainer.shared = make_dp_compatible(trainer.shared)  # type: ignore[assignment]  # same forward, other norm
         trainer.shared_opt = torch.optim.Adam(trainer.shared.parameters(), lr=config.lr,
