@@ -76,3 +76,9 @@ def neighbours(cohort: Sequence[str], *, k: int, round_seed: bytes) -> dict[str,
     half = k // 2
     return {site: frozenset(ring[(pos + off) % n] for off in range(-half, half + 1) if off)
             for pos, site in enumerate(ring)}
+
+
+def two_hop(graph: dict[str, frozenset[str]], site: str) -> frozenset[str]:
+    """``site``, its neighbours and theirs: every holder of a share that ``site`` holds (consistency check)."""
+    near = graph[site] | {site}
+    return frozenset(near.union(*(graph[v] for v in near)))
