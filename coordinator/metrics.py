@@ -32,6 +32,10 @@ class CoordinatorMetrics:
                                 ["site", "phase"], registry=registry)
         self.auth_failures = Counter("pfmh_auth_failures_total", "Refused calls, by reason", ["reason"],
                                      registry=registry)
+        self.exclusions = Counter("pfmh_site_exclusions_total", "Sites excluded from later rounds for misbehaving, "
+                                  "by site and offence", ["site", "offence"], registry=registry)
+        self.refused = Counter("pfmh_refused_messages_total", "Messages refused at the door after a signature or "
+                               "replay check, by site and kind", ["site", "kind"], registry=registry)
         self.rejected = Counter("pfmh_rejected_messages_total", "Messages rejected by validation, by kind",
                                 ["kind"], registry=registry)
         self.round_seconds = Histogram("pfmh_round_duration_seconds", "Wall time of completed rounds",

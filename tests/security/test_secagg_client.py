@@ -14,10 +14,10 @@ from security.errors import (
     SignatureInvalid,
     StageOutOfOrder,
 )
+from security.neighbours import neighbours, round_seed
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import EncryptedShare, KeyDirectory, UnmaskRequest
 from security.signing import SigningKey
-from security.neighbours import neighbours, round_seed
 from security.stages import Stage
 from tests.security.secagg_harness import Federation
 
