@@ -89,7 +89,8 @@ def _attack(tmp_path: Path, *, consistency_check: bool) -> dict:  # type: ignore
             status, run = original_await(site, round_number, timeout_s)
             if run is not None and run.signatures is not None and site in lies:
                 view = SurvivorView(FED, number, tuple(NAMES), lies[site].survivors, lies[site].dropouts)
-                same = [s for w, s in engine.runs[number].server._live().signatures.items() if lies.get(w) == lies[site]]
+                received = engine.runs[number].server._live().signatures
+                same = [s for w, s in received.items() if lies.get(w) == lies[site]]
                 run.signatures[site] = (*same, *(sign_view(signing_key=colluder_keys[c], view=view, signer=c)
                                                  for c in colluders))
             return status, run
