@@ -256,8 +256,9 @@ class Soak:
                 _proc_sample(current)
                 r.t_last_completion = finished_at = now
             in_flight = meta["last_round_started"] > max([h["round"] for h in history], default=0)
-            if (s.faults and len(r.coordinators) == 1 and kill_at is None and in_flight and len(completed) >= max(1, s.rounds // 2)
-                    and len(completed) < s.rounds and meta["last_round_started"] > ABORT_ROUND):
+            if (s.faults and len(r.coordinators) == 1 and kill_at is None and in_flight
+                    and len(completed) >= max(1, s.rounds // 2) and len(completed) < s.rounds
+                    and meta["last_round_started"] > ABORT_ROUND):
                 kill_at = now + self.rng.uniform(0.5, 3.0)
             if len(r.coordinators) == 1 and kill_at is not None and now >= kill_at:
                 _proc_sample(current)
@@ -323,7 +324,8 @@ class Soak:
         cpu = sum(p.cpu_s for p in r.coordinators) - r.cpu_at_first_round
         per_site = facts.pop("site_round_bytes")
         return {
-            "sites": s.sites, "consistency_check": s.consistency_check, "faults": s.faults, "rounds_completed": done, "rounds_aborted": len(facts["aborted_rounds"]),
+            "sites": s.sites, "consistency_check": s.consistency_check, "faults": s.faults,
+            "rounds_completed": done, "rounds_aborted": len(facts["aborted_rounds"]),
             "rounds_interrupted": len(facts["interrupted_rounds"]), "wall_s": round(wall, 1),
             "rounds_per_hour": round(done / wall * 3600, 1) if wall > 0 else 0.0,
             "coordinator_cpu_s_per_round": round(cpu / max(done, 1), 2),
@@ -349,7 +351,8 @@ def soak(settings: Settings, work: Path) -> dict[str, Any]:
     return run.report()
 
 
-COLUMNS = (("sites", "N"), ("consistency_check", "check"), ("rounds_completed", "done"), ("rounds_aborted", "abort"), ("rounds_interrupted", "cut"),
+COLUMNS = (("sites", "N"), ("consistency_check", "check"), ("rounds_completed", "done"), ("rounds_aborted", "abort"),
+           ("rounds_interrupted", "cut"),
            ("rounds_per_hour", "rounds/h"), ("median_round_s", "med s"), ("coordinator_cpu_s_per_round", "cpu s/rnd"),
            ("coordinator_cpu_pct", "cpu %"), ("coordinator_peak_rss_mb", "peak MB"),
            ("site_bytes_per_round", "B/site/rnd"), ("coordinator_bytes_per_site_round", "coord B/site/rnd"),

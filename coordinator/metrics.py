@@ -60,6 +60,8 @@ class CoordinatorMetrics:
         for site in self._sites:  # every series exists from the start, so dashboards have data at once
             self.bytes_received.labels(site, "Join")
             self.dropouts.labels(site, "masked_input")
+            self.refused.labels(site, "AdvertiseKeys")
+            self.exclusions.labels(site, "advertisement")
 
     def site(self, site: str) -> str:
         return site if site in self._sites else "unknown"

@@ -113,8 +113,9 @@ def _attack(tmp_path: Path, *, consistency_check: bool) -> dict:  # type: ignore
         for n in told:
             try:
                 sites[n].unmask()
-            except RoundAborted:
+            except RoundAborted as exc:
                 seen["aborted"].append(n)
+                seen.setdefault("reasons", []).append(f"{n}: {exc}")
         seen.update(target=target, told=told, colluders=colluders, honest=honest, held=held, stolen=stolen_keys,
                     vector=vectors[target], config=sites[target].secagg._config, number=number)
         for s in sites.values():
@@ -164,6 +165,7 @@ def test_consistency_check_refuses_every_lie_so_nothing_is_revealed(tmp_path: Pa
     # Assert: every honest site refused (only it and the colluders signed its set), no share reached the
     # coordinator, and the coalition cannot rebuild the target's self seed (it holds 2 shares < t = 6)
     assert sorted(seen["aborted"]) == sorted(seen["told"])
+    assert all("holders signed this site's survivor set < threshold 6" in r for r in seen["reasons"])
     assert seen["responses"] == {}
     assert len(_shares(seen, seen["target"], 1)) == 2 < T
     with pytest.raises(Exception, match="threshold|too few|shares"):
