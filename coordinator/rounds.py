@@ -156,8 +156,9 @@ class RoundEngine:
 
     def note_invalid(self, site: str, kind: str, error: BaseException) -> None:
         """A message of ``site`` was rejected as invalid; repeated ones exclude it (called by the interceptor)."""
-        if isinstance(error, StageOutOfOrder | RoundAborted) or site not in self.sites:
-            return  # late or aborted: an innocent slow site, not a misbehaving one
+        if (self.exclude_rounds <= 0 or isinstance(error, StageOutOfOrder | RoundAborted) or site not in self.sites
+                or "duplicate" in str(error)):
+            return  # late, aborted or a retried delivery: an innocent slow site, not a misbehaving one
         with self.cond:
             run = self.current
             if run is None or site not in run.cohort:
