@@ -1,77 +1,122 @@
-"""Privacy-utility curve: PFMH (prototype sharing) mAP at several epsilon targets, with a PNG plot.
+"""Privacy-utility curve on the real DP chain: mAP at several epsilon targets, with a PNG plot.
 
-Each site releases, every round, its clipped prototype statistics with Gaussian noise, exactly as
-a site daemon does (``security.dp_sensitivity.clipped_class_statistics`` +
-``security.dp_noise.add_gaussian_noise``, mode ``local`` or ``distributed``). The noise multiplier
-for each target epsilon over all rounds is calibrated with the Opacus RDP accountant
-(``security.dp_calibration.calibrate_sigma``, delta 1e-5). ``prototypes`` share mode, so the
-statistics are the only thing that leaves a site and DP covers the whole upload. The no-DP run
-(``inf``) is done in the same invocation for the ratio.
+Each site's round is ``participant.local_release.LocalRelease.compute``, the site daemon's own code: with DP
+on, the encoder of the statistics (PFMH's personal model, FedHAP's hashing network) is trained with Opacus
+DP-SGD, the statistics are clipped and noised, and the shared model is DP-SGD-trained when it is federated.
+One noise multiplier serves both mechanisms; it is calibrated so that the site whose accountant grows fastest
+(``security.accountant.epsilon_for`` of the planned releases over all rounds) ends at the target epsilon
+(delta 1e-5). The no-DP run (``inf``) is done in the same invocation.
 
     python bench/bench_dp_utility.py --data ../shared/data/wiki.h5 --epsilons 1 4 16 inf --bits 64 \\
-        --rounds 20 --out runs/dp_utility
+        --rounds 20 --setups pfmh:prototypes pfmh:prototypes+model fedhap:prototypes --out runs/dp_utility
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 DELTA = 1e-5
 
 
+def _calibrate(epsilon: float, per_round: list[list[tuple[float, int]]], rounds: int) -> float:
+    """Smallest sigma (both mechanisms) whose worst site's epsilon after ``rounds`` is <= ``epsilon``."""
+    from security.accountant import epsilon_for
+
+    def worst(sigma: float) -> float:
+        return max(epsilon_for([(sigma, q, steps * rounds) for q, steps in site], DELTA) for site in per_round)
+
+    low, high = 0.05, 1.0
+    while worst(high) > epsilon:
+        low, high = high, high * 2
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if worst(mid) > epsilon else (low, mid)
+    return high
+
+
 def _run(cell: dict) -> dict:
-    import numpy as np
+    import dataclasses
+
     import torch
 
     torch.set_num_threads(1)
+    from participant.local_release import LocalRelease, load_frozen_encoder
+    from participant.privacy import SitePrivacy
     from pfmh_model.aggregation import SiteUpload
     from pfmh_model.data import load_h5
     from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
-    from pfmh_model.local_round import make_upload, train_pfmh_site
+    from pfmh_model.network import make_dp_compatible
     from pfmh_model.partition import partition_dataset
-    from pfmh_model.prototypes import PrototypeStats
     from pfmh_model.synthetic import generate
-    from pfmh_model.training import TrainConfig
-    from security.dp_calibration import calibrate_sigma
-    from security.dp_noise import add_gaussian_noise
-    from security.dp_sensitivity import clipped_class_statistics
+    from pfmh_model.training import TrainConfig, flatten_state
+    from proto.settings import FederationSettings, PrivacySettings
+    from security.signing import SigningKey
 
-    sigma = None if math.isinf(cell["epsilon"]) else calibrate_sigma(
-        target_epsilon=cell["epsilon"], delta=DELTA, rounds=cell["rounds"])
-    sites_n = cell["sites"]
-    rng = np.random.default_rng(cell["seed"] + 17)  # seeded for a reproducible benchmark, not for deployment
-
-    class NoisyFederation(Federation):
-        """PFMH whose uploaded prototype statistics carry the site daemon's DP noise."""
-
-        def _local_update(self, trainer, data):  # noqa: ANN001, ANN202
-            stats, losses = train_pfmh_site(trainer, data.train, self.state.prototypes)
-            if sigma is not None:
-                sums, counts, sensitivity = clipped_class_statistics(trainer.encode(data.train, model="personal"),
-                                                                     data.train.labels)
-                noisy = add_gaussian_noise(np.concatenate([sums.ravel(), counts]), sigma=sigma,
-                                           sensitivity=sensitivity, mode=cell["mode"], min_cohort=sites_n,
-                                           secure_aggregation=True, rng=rng)
-                stats = PrototypeStats.from_vector(noisy, self.num_classes, self.config.train.bits)
-            upload: SiteUpload = make_upload(trainer, len(data.train), stats, self.layout)
-            return upload, losses
-
+    method, share_mode = cell["setup"].split(":")
     source = cell["source"]
     dataset = generate(source.split(":", 1)[1], seed=cell["seed"]) if source.startswith("synthetic:") \
         else load_h5(source)
-    parts = partition_dataset(dataset, num_sites=sites_n, alpha=cell["alpha"], seed=cell["seed"])
+    parts = partition_dataset(dataset, num_sites=cell["sites"], alpha=cell["alpha"], seed=cell["seed"])
     train = dataclasses.replace(TrainConfig(), bits=cell["bits"], seed=cell["seed"],
                                 personal_epochs=cell["epochs"], shared_epochs=cell["epochs"])
-    cfg = FederationConfig(method=Method.PFMH, rounds=cell["rounds"], train=train, eval_every=cell["rounds"],
-                           share_mode=ShareMode.PROTOTYPES)
-    started = time.perf_counter()
-    result = NoisyFederation(parts, cfg).run()
+    dp = not math.isinf(cell["epsilon"])
+
+    def settings_for(sigma: float) -> FederationSettings:
+        privacy = PrivacySettings(mode="local" if dp else "off", noise_multiplier=sigma, dp_sgd_noise_multiplier=sigma)
+        return FederationSettings(federation_id="bench", image_dim=dataset.image_dim, text_dim=dataset.text_dim,
+                                  num_classes=dataset.num_classes, method=method, share_mode=share_mode,
+                                  train=dataclasses.asdict(train) | {"weights": dataclasses.asdict(train.weights)},
+                                  privacy=privacy)
+
+    class ChainFederation(Federation):
+        """The in-process federation whose every site runs the daemon's LocalRelease."""
+
+        def __init__(self, settings: FederationSettings, folder: Path) -> None:
+            super().__init__(parts, FederationConfig(method=Method(method), rounds=cell["rounds"], train=train,
+                                                     eval_every=cell["rounds"], share_mode=ShareMode(share_mode)))
+            kinds = LocalRelease.dp_models(settings)
+            self.releases = []
+            for k, t in enumerate(self.trainers):
+                if kinds["dp_compatible"]:
+                    t.shared = make_dp_compatible(t.shared)
+                    t.shared_opt = torch.optim.Adam(t.shared.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+                if kinds["dp_personal"]:
+                    t.personal = make_dp_compatible(t.personal)
+                    t.personal_opt = torch.optim.Adam(t.personal.parameters(), lr=train.lr,
+                                                      weight_decay=train.weight_decay)
+                if k == 0 and self.layout.model_size:  # GroupNorm has no running statistics: re-size the layout
+                    self.layout = dataclasses.replace(self.layout, model_size=int(flatten_state(t.shared_state()).size))
+                state = SitePrivacy(settings.privacy, epsilon_max=1e9, ledger_path=folder / f"site-{k}.jsonl",
+                                    signing_key=SigningKey.generate(), site=f"site-{k}")
+                frozen = load_frozen_encoder(t.personal, None, "") if settings.privacy.statistics_encoder == "frozen" \
+                    and dp else None
+                self.releases.append(LocalRelease(settings, t, state, self.layout, frozen_encoder=frozen))
+
+        def _local_update(self, trainer, data):  # noqa: ANN001, ANN202
+            release = self.releases[self.trainers.index(trainer)]
+            return SiteUpload.from_vector(release.compute(data.train, self.state.prototypes), self.layout), {}
+
+    sigma = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if dp:
+            (Path(tmp) / "probe").mkdir()
+            probe = ChainFederation(settings_for(1.0), Path(tmp) / "probe")
+            per_round = [[(r.sample_rate, r.steps) for r in rel.planned(len(p.train))]
+                         for rel, p in zip(probe.releases, parts, strict=True)]
+            for rel in probe.releases:
+                rel.privacy.close()
+            sigma = _calibrate(cell["epsilon"], per_round, cell["rounds"])
+        started = time.perf_counter()
+        result = ChainFederation(settings_for(sigma or 1.0), Path(tmp)).run()
     last = result.rounds[-1]
     return {**cell, "sigma": sigma, "mean_site_map": last.mean_site_map, "global_map": last.global_map,
             "seconds": time.perf_counter() - started}
@@ -83,19 +128,21 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = sorted((r for r in rows if not math.isinf(r["epsilon"])), key=lambda r: r["epsilon"])
-    base = [r for r in rows if math.isinf(r["epsilon"])]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, label in (("global_map", "global mAP"), ("mean_site_map", "per-site mean mAP")):
-        line, = ax.plot([r["epsilon"] for r in finite], [r[key] for r in finite], marker="o", label=label)
-        if base:
-            ax.axhline(base[0][key], color=line.get_color(), linestyle="--", linewidth=1,
-                       label=f"{label}, no DP")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"epsilon after all rounds (delta = {DELTA:g})")
-    ax.set_ylabel("mAP")
-    ax.set_title("PFMH, prototype sharing, DP on prototype statistics")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, (key, label) in zip(axes, (("mean_site_map", "per-site mean mAP"), ("global_map", "global mAP")),
+                                strict=True):
+        for setup in sorted({r["setup"] for r in rows}):
+            finite = sorted((r for r in rows if r["setup"] == setup and not math.isinf(r["epsilon"])),
+                            key=lambda r: r["epsilon"])
+            base = [r for r in rows if r["setup"] == setup and math.isinf(r["epsilon"])]
+            line, = ax.plot([r["epsilon"] for r in finite], [r[key] for r in finite], marker="o", label=setup)
+            if base:
+                ax.axhline(base[0][key], color=line.get_color(), linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"epsilon after all rounds (delta = {DELTA:g}); dashed: no DP")
+        ax.set_title(label)
+    axes[0].set_ylabel("mAP")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -106,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="synthetic:small", help="HDF5 path or synthetic:PRESET")
     p.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 16.0, math.inf],
                    help="targets after all rounds; inf = no DP")
-    p.add_argument("--mode", choices=["local", "distributed"], default="local")
+    p.add_argument("--setups", nargs="+", default=["pfmh:prototypes", "pfmh:prototypes+model", "fedhap:prototypes"],
+                   help="method:share_mode pairs")
     p.add_argument("--bits", type=int, default=64)
     p.add_argument("--sites", type=int, default=10)
     p.add_argument("--alpha", type=float, default=0.1)
@@ -121,27 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.startswith("synthetic:") and not Path(args.data).is_file():
         p.error(f"--data {args.data}: no such file")
     args.out.mkdir(parents=True, exist_ok=True)
-    cells = [{"source": args.data, "epsilon": e, "mode": args.mode, "bits": args.bits, "sites": args.sites,
+    cells = [{"source": args.data, "epsilon": e, "setup": setup, "bits": args.bits, "sites": args.sites,
               "alpha": args.alpha, "rounds": args.rounds, "epochs": args.epochs, "seed": args.seed}
-             for e in args.epsilons]
+             for setup in args.setups for e in args.epsilons]
     rows = []
     with ProcessPoolExecutor(args.workers) as pool:
         for future in as_completed([pool.submit(_run, c) for c in cells]):
             row = future.result()
             rows.append(row)
             sigma = "-" if row["sigma"] is None else f"{row['sigma']:.3f}"
-            print(f"epsilon {row['epsilon']}: sigma {sigma}, site {row['mean_site_map']:.3f}, "
+            print(f"{row['setup']} epsilon {row['epsilon']}: sigma {sigma}, site {row['mean_site_map']:.3f}, "
                   f"global {row['global_map']:.3f} ({row['seconds']:.0f}s)", flush=True)
-    rows.sort(key=lambda r: r["epsilon"])
+    rows.sort(key=lambda r: (r["setup"], r["epsilon"]))
     (args.out / "dp_utility.json").write_text(json.dumps(rows, indent=1))
     _plot(rows, args.out / "dp_utility.png")
     print(f"\n{args.data}, {args.sites} sites, alpha {args.alpha}, {args.rounds} rounds, {args.epochs}+{args.epochs} "
-          f"epochs, {args.bits} bits, DP mode {args.mode}, delta {DELTA:g}")
-    print("| epsilon | sigma | per-site mean mAP | global mAP | s/run |")
-    print("|---|---|---|---|---|")
+          f"epochs, {args.bits} bits, local DP on the real chain, delta {DELTA:g}")
+    print("| setup | epsilon | sigma | per-site mean mAP | global mAP | s/run |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         sigma = "no DP" if r["sigma"] is None else f"{r['sigma']:.3f}"
-        print(f"| {r['epsilon']:g} | {sigma} | {r['mean_site_map']:.3f} | {r['global_map']:.3f} | {r['seconds']:.0f} |")
+        print(f"| {r['setup']} | {r['epsilon']:g} | {sigma} | {r['mean_site_map']:.3f} | {r['global_map']:.3f} "
+              f"| {r['seconds']:.0f} |")
     print(f"plot: {args.out / 'dp_utility.png'}")
     return 0
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from pfmh_model.errors import ConfigError
 from pfmh_model.fedhap_config import fedhap_config
 from proto.settings import FederationSettings, SettingsError, load_toml
+from security.dp_cohort import noise_cohort
+from security.errors import SecurityError
+from security.secagg_config import SecAggConfig
 
 SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
 
@@ -76,8 +79,28 @@ class CoordinatorConfig:
         if self.federation.method == "fedhap" and self.federation.uses_dp_sgd:
             raise ValueError("method fedhap with DP shares its model without DP-SGD support here: use "
                              "share_mode = \"prototypes\" (the class-code votes get DP noise), or privacy mode off")
+        self._check_distributed_noise()
         if not self.tls.crl and not self.tls.allow_no_crl:
             raise ValueError("tls.crl is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
+
+
+    def _check_distributed_noise(self) -> None:
+        """Distributed DP must be able to give the target sigma for every cohort a round can run with."""
+        fed = self.federation
+        if fed.privacy.mode != "distributed":
+            return
+        if fed.privacy.colluding_sites >= len(self.sites):
+            raise ValueError(f"federation.privacy.colluding_sites={fed.privacy.colluding_sites} must be below the "
+                             f"{len(self.sites)} enrolled sites")
+        secagg = SecAggConfig(federation_id=fed.federation_id, vector_length=1, fraction_bits=0, max_abs_value=1.0,
+                              neighbours=fed.secagg.neighbours or None, threshold=fed.secagg.threshold or None)
+        for size in range(max(2, fed.min_sites), len(self.sites) + 1):
+            try:
+                noise_cohort(threshold=secagg.plan(size).threshold, colluding_sites=fed.privacy.colluding_sites)
+            except SecurityError as exc:
+                raise ValueError(f"federation.privacy.mode = \"distributed\" cannot give the target sigma with a "
+                                 f"cohort of {size} sites (federation.min_sites = {fed.min_sites}, "
+                                 f"federation.secagg.threshold = {fed.secagg.threshold or 'default'}): {exc}") from None
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:

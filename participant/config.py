@@ -28,6 +28,7 @@ class SiteTls:
 class SitePrivacy:
     epsilon_max: float = 8.0       # this site's total budget; it stops uploading before exceeding it
     require_dp: bool = True        # refuse to upload prototype statistics without DP noise
+    frozen_encoder: str = ""       # weights file when the federation's statistics_encoder is "frozen" with a sha256
 
 
 @dataclass(frozen=True)

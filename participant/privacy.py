@@ -16,6 +16,7 @@ import numpy as np
 from proto.settings import PrivacySettings
 from security.accountant import OpacusAccountant
 from security.dp_budget import BudgetGuard
+from security.dp_cohort import sum_noise_multiplier
 from security.dp_noise import NoiseMode, add_gaussian_noise, secure_generator
 from security.dp_sensitivity import clipped_class_statistics
 from security.errors import SecurityError
@@ -25,10 +26,14 @@ from security.signing import SigningKey
 logger = logging.getLogger(__name__)
 PROTOTYPE_MECHANISM = "gaussian_prototype_statistics"
 DP_SGD_MECHANISM = "dp_sgd_shared_model"
+ENCODER_MECHANISM = "dp_sgd_statistics_encoder"
+SUM_RECORD = "dp_sum"  # after a completed round: the noise the decoded sum really carried
 COVERED = {
     PROTOTYPE_MECHANISM: "per-class prototype sums and counts of this site (each record's contribution "
-                         "scaled to a fixed L2 sensitivity, Gaussian noise before masking)",
+                         "scaled to a fixed L2 sensitivity given the encoder, Gaussian noise before masking)",
     DP_SGD_MECHANISM: "the shared model's update (per-record gradient clipping and noise by Opacus DP-SGD)",
+    ENCODER_MECHANISM: "the encoder that computes the released statistics (per-record gradient clipping and "
+                       "noise by Opacus DP-SGD, Poisson batches from the OS CSPRNG)",
 }
 
 
@@ -52,15 +57,15 @@ class SitePrivacy:
         ledger_path: the site's signed ledger (created if missing).
         signing_key: the site's certified Ed25519 key.
         site: the site id.
-        min_cohort: m for distributed noise (the federation's ``min_sites``).
+        encoder_chain: which model computes the released statistics (written into every ledger entry).
     """
 
     def __init__(self, policy: PrivacySettings, *, epsilon_max: float, ledger_path: Path, signing_key: SigningKey,
-                 site: str, min_cohort: int) -> None:
+                 site: str, encoder_chain: str = "") -> None:
         self.policy = policy
         self.enabled = policy.mode != "off"
         self.mode = NoiseMode(policy.mode) if self.enabled else None
-        self.min_cohort = min_cohort
+        self.encoder_chain = encoder_chain
         self.accountant = OpacusAccountant(policy.accountant)
         self.ledger = Ledger.open(ledger_path, signing_key=signing_key, site_id=site)
         for entry in self.ledger.entries():  # rebuild the accountant from what was really released
@@ -75,17 +80,24 @@ class SitePrivacy:
     def label_cap(self) -> int | None:
         return self.policy.label_cap or None
 
-    def prototype_vector(self, codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def prototype_vector(self, codes: np.ndarray, labels: np.ndarray, *, noise_cohort: int = 1) -> np.ndarray:
         """[sums (C*b), counts (C)] of this site, each record scaled to the stated sensitivity, plus noise.
 
+        Args:
+            codes: continuous codes of the statistics encoder (DP-SGD-trained or frozen: the bound holds only
+                given an encoder that is itself DP or data-independent; docs/PRIVACY.md).
+            labels: the records' labels.
+            noise_cohort: distributed mode's m, the fewest honest shares in any decodable sum
+                (``security.dp_cohort.noise_cohort``); ignored in local mode.
+
         Shape:
-            codes (n, b) continuous codes of the personal model; labels (n, C); output (C*b + C,) float64.
+            codes (n, b); labels (n, C); output (C*b + C,) float64.
         """
         if self.mode is None:
             raise SecurityError("prototype_vector needs DP on (mode local or distributed)")
         sums, counts, sensitivity = clipped_class_statistics(codes, labels, label_cap=self.label_cap)
         return add_gaussian_noise(np.concatenate([sums.ravel(), counts]), sigma=self.policy.noise_multiplier,
-                                  sensitivity=sensitivity, mode=self.mode, min_cohort=self.min_cohort,
+                                  sensitivity=sensitivity, mode=self.mode, min_cohort=noise_cohort,
                                   secure_aggregation=True, rng=self.rng)
 
     def check(self, releases: list[Release], round_number: int) -> float:
@@ -98,7 +110,8 @@ class SitePrivacy:
                                   round_number=round_number)
         return epsilon
 
-    def record(self, releases: list[Release], round_number: int, *, what_without_dp: str = "") -> float:
+    def record(self, releases: list[Release], round_number: int, *, what_without_dp: str = "",
+               noise_cohort: int = 1) -> float:
         """Spend and append one signed ledger entry per release (call before the upload leaves)."""
         for r in releases:
             epsilon = self.guard.spend(noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate,
@@ -108,11 +121,28 @@ class SitePrivacy:
                 "mode": self.policy.mode, "noise_multiplier": r.noise_multiplier, "sensitivity": r.sensitivity,
                 "sample_rate": r.sample_rate, "steps": r.steps, "delta": self.policy.delta, "epsilon": epsilon,
                 "epsilon_max": self.guard.budget.epsilon_max, "accountant": self.policy.accountant,
-                "covered": COVERED[r.mechanism],
+                "covered": COVERED[r.mechanism], "encoder_chain": self.encoder_chain,
+                **({"noise_cohort": noise_cohort, "colluding_sites": self.policy.colluding_sites}
+                   if r.mechanism == PROTOTYPE_MECHANISM and self.mode is NoiseMode.DISTRIBUTED else {}),
                 "not_covered": what_without_dp or "nothing else leaves the site in this round"})
         if what_without_dp and not releases:
             self.ledger.append({"kind": "upload_without_dp", "round": round_number, "what": what_without_dp})
         return self.spent
+
+    def record_sum(self, round_number: int, *, contributors: int, noise_cohort: int) -> None:
+        """After a completed round: the noise multiplier the decoded sum carried for its real cohort.
+
+        The accountant charged ``noise_multiplier`` (the guarantee for the smallest decodable cohort);
+        a larger surviving cohort carries more honest noise, ``sigma * sqrt((k - c) / m)``.
+        """
+        if self.mode is not NoiseMode.DISTRIBUTED:
+            return
+        c = self.policy.colluding_sites
+        self.ledger.append({"kind": SUM_RECORD, "round": round_number, "contributors": contributors,
+                            "noise_cohort": noise_cohort, "colluding_sites": c,
+                            "sum_noise_multiplier": sum_noise_multiplier(
+                                sigma=self.policy.noise_multiplier, contributors=contributors,
+                                cohort=noise_cohort, colluding_sites=c)})
 
     @property
     def spent(self) -> float:

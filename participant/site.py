@@ -20,23 +20,15 @@ from prometheus_client import CollectorRegistry
 
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
 from participant.config import SiteConfig
-from participant.dp_sgd import planned_release, train_shared_dp_sgd
+from participant.local_release import LocalRelease, load_frozen_encoder
 from participant.metrics import SiteMetrics
-from participant.privacy import PROTOTYPE_MECHANISM, Release, SitePrivacy
+from participant.privacy import SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
-from pfmh_model.fedhap import FedHAPTrainer
 from pfmh_model.hamming_index import HammingIndex
-from pfmh_model.local_round import (
-    make_upload,
-    site_batch_seed,
-    train_fedavg_site,
-    train_fedhap_site,
-    train_pfmh_site,
-)
-from pfmh_model.prototypes import PrototypeStats
+from pfmh_model.local_round import site_batch_seed
 from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
@@ -44,7 +36,7 @@ from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION, FederationSettings
 from proto.tensors import from_tensor
 from security.consistency import SurvivorSignature
-from security.dp_sensitivity import l2_sensitivity
+from security.dp_cohort import noise_cohort
 from security.errors import BudgetExceeded, SecurityError
 from security.pki import Role
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
@@ -136,12 +128,15 @@ class SiteDaemon:
 
     def _setup(self, settings: FederationSettings) -> None:
         self.settings = settings
-        self.dp_sgd = settings.uses_dp_sgd
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                                    num_classes=settings.num_classes, dp_compatible=self.dp_sgd,
+                                    num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
                                     batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index),
                                     method=settings.method, fedhap=settings.fedhap)
+        frozen = self.cfg.privacy.frozen_encoder
+        self.frozen_encoder = load_frozen_encoder(  # before any training or restore: the common initial weights
+            self.trainer.personal, self.base / frozen if frozen else None, settings.privacy.frozen_encoder_sha256
+        ) if settings.privacy.mode != "off" and settings.privacy.statistics_encoder == "frozen" else None
         bits, protos = self.trainer.config.bits, settings.uses_prototypes
         self.layout = UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
                                    flatten_state(self.trainer.shared_state()).size if settings.shares_model else 0)
@@ -149,17 +144,21 @@ class SiteDaemon:
                                              method=settings.method)
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
-                                   site=self.cfg.site, min_cohort=settings.min_sites)
+                                   site=self.cfg.site)
+        self.release = LocalRelease(settings, self.trainer, self.privacy, self.layout,
+                                    frozen_encoder=self.frozen_encoder)
+        self.privacy.encoder_chain = self.release.chain
         if self.cfg.privacy.require_dp and not self.privacy.enabled:
             raise SecurityError("the federation's DP mode is 'off' but this site requires DP "
                                 "(privacy.require_dp = true in its config); not joining")
-        self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=SecAggConfig(
+        self.secagg_config = SecAggConfig(
             federation_id=settings.federation_id, vector_length=self.layout.length,
             fraction_bits=settings.secagg.fraction_bits, max_abs_value=settings.secagg.max_abs_value,
             neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None,
             prg=PrgAlgorithm(settings.secagg.prg),
             colluders=None if settings.secagg.colluders < 0 else settings.secagg.colluders,
-            consistency_check=settings.secagg.consistency_check))
+            consistency_check=settings.secagg.consistency_check)
+        self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=self.secagg_config)
         self.after_round = 0
         self._restore()
 
@@ -234,50 +233,16 @@ class SiteDaemon:
         if model is not None:
             self.trainer.load_shared_state(unflatten_state(model, self.trainer.shared_state()))
 
-    def _planned_releases(self) -> list[Release]:
-        """The DP releases this round's upload will make (checked against the budget before training)."""
-        s, releases = self.settings, []
-        if self.privacy.enabled and s.uses_prototypes:
-            releases.append(Release(PROTOTYPE_MECHANISM, s.privacy.noise_multiplier,
-                                    l2_sensitivity(label_cap=self.privacy.label_cap), 1.0, 1))
-        if self.dp_sgd:
-            releases.append(planned_release(self.trainer, len(self.data.train),
-                                            noise_multiplier=s.privacy.dp_sgd_noise_multiplier,
-                                            max_grad_norm=s.privacy.dp_sgd_max_grad_norm,
-                                            epochs=self.trainer.config.shared_epochs))
-        return releases
+    def _noise_cohort(self, cohort_size: int) -> int:
+        """Distributed mode's m for this round: the SecAgg threshold t less the tolerated colluders c."""
+        if self.settings.privacy.mode != "distributed":
+            return 1
+        return noise_cohort(threshold=self.secagg_config.plan(cohort_size).threshold,
+                            colluding_sites=self.settings.privacy.colluding_sites)
 
-    def _not_covered(self) -> str:
-        """What this round's upload carries without DP (written into the ledger)."""
-        gaps = []
-        if self.settings.uses_prototypes and not self.privacy.enabled:
-            gaps.append("prototype statistics (DP off)")
-        if self.layout.model_size and not self.dp_sgd:
-            gaps.append("shared model update (no DP-SGD)")
-        return "; ".join(gaps)
-
-    def _train(self) -> np.ndarray:
+    def _train(self, noise_cohort: int) -> np.ndarray:
         """Local training; returns this round's upload vector (DP noise already added where on)."""
-        train, s = self.data.train, self.settings
-        if s.method == "fedavg":
-            train_fedavg_site(self.trainer, train)
-            return make_upload(self.trainer, len(train), None, self.layout).to_vector(self.layout)
-        if isinstance(self.trainer, FedHAPTrainer):
-            stats, _ = train_fedhap_site(self.trainer, train, self.prototypes)
-            if self.privacy.enabled:  # votes of unit-scaled sign codes: the same majority, a bounded sensitivity
-                codes = np.where(self.trainer.encode(train, model="shared") >= 0, 1.0, -1.0)
-                noisy = self.privacy.prototype_vector(codes, train.labels)
-                stats = PrototypeStats.from_vector(noisy, s.num_classes, self.trainer.config.bits)
-            return make_upload(self.trainer, len(train), stats, self.layout).to_vector(self.layout)
-        stats, _ = train_pfmh_site(self.trainer, train, self.prototypes, train_shared=not self.dp_sgd)
-        if self.dp_sgd:
-            train_shared_dp_sgd(self.trainer, train, global_prototypes=self.prototypes,
-                                noise_multiplier=s.privacy.dp_sgd_noise_multiplier,
-                                max_grad_norm=s.privacy.dp_sgd_max_grad_norm, epochs=self.trainer.config.shared_epochs)
-        if self.privacy.enabled:  # clipped, re-weighted statistics with Gaussian noise replace the exact ones
-            noisy = self.privacy.prototype_vector(self.trainer.encode(train, model="personal"), train.labels)
-            stats = PrototypeStats.from_vector(noisy, s.num_classes, self.trainer.config.bits)
-        return make_upload(self.trainer, len(train), stats, self.layout).to_vector(self.layout)
+        return self.release.compute(self.data.train, self.prototypes, noise_cohort=noise_cohort)
 
     def _round(self, config: pb.RoundConfig) -> None:
         started = time.perf_counter()
@@ -288,9 +253,10 @@ class SiteDaemon:
                                f"{self.layout.length}: the site and the coordinator build different models "
                                "(different software versions?)")
         self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
-        releases = self._planned_releases()
+        releases = self.release.planned(len(self.data.train))
         self.privacy.check(releases, number)  # refuse before training, and before anything leaves
-        vector = self._train()
+        cohort_m = self._noise_cohort(len(config.cohort))
+        vector = self._train(cohort_m)
         advert = self.secagg.advertise(number, list(config.cohort))
         self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
             federation_id=fed, round=number, share_public_key=advert.share_public_key,
@@ -304,7 +270,8 @@ class SiteDaemon:
             pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]))
         inbox = self.client.poll("GetShares", query, deadline_s=2 * config.phase_timeout_s)
         received = [EncryptedShare(fed, number, s.sender, s.recipient, s.nonce, s.ciphertext) for s in inbox.shares]
-        epsilon = self.privacy.record(releases, number, what_without_dp=self._not_covered())  # before release
+        epsilon = self.privacy.record(releases, number, what_without_dp=self.release.not_covered(),
+                                      noise_cohort=cohort_m)  # before release
         masked = self.secagg.masked_input(received, vector)
         self.client.call("SubmitMaskedInput", pb.MaskedInputRequest(
             federation_id=fed, round=number, masked_uint64_le=masked.data, vector_length=masked.vector_length))
@@ -316,6 +283,7 @@ class SiteDaemon:
             self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],
             mask_key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.mask_key_shares]))
         result = self.client.poll("GetRoundResult", query, deadline_s=2 * config.phase_timeout_s)
+        self.privacy.record_sum(number, contributors=len(request.survivors), noise_cohort=cohort_m)
         self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
         map_value = self.evaluate()
         self._report(number, map_value)

@@ -2,8 +2,8 @@
 
 Every party of a federation must build the *same* network (the coordinator needs its size for
 the upload layout, sites need identical initial weights), so they all go through ``make_trainer``.
-``dp_compatible`` swaps BatchNorm for a per-record norm in the shared model (DP-SGD needs
-per-record gradients; see ``network.make_dp_compatible``).
+``dp_compatible`` swaps BatchNorm for a per-record norm in the shared model and ``dp_personal`` in the
+personal model (DP-SGD needs per-record gradients; see ``network.make_dp_compatible``).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def train_config(options: Mapping[str, Any]) -> TrainConfig:
 
 
 def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
-                 dp_compatible: bool = False, batch_seed: int | None = None, method: str = "pfmh",
-                 fedhap: Mapping[str, Any] | None = None) -> SiteTrainer:
+                 dp_compatible: bool = False, dp_personal: bool = False, batch_seed: int | None = None,
+                 method: str = "pfmh", fedhap: Mapping[str, Any] | None = None) -> SiteTrainer:
     """A trainer whose initial weights depend only on ``options['seed']`` (common to all sites).
 
     ``method`` "fedhap" gives a :class:`~pfmh_model.fedhap.FedHAPTrainer` with the ``fedhap`` knobs;
@@ -52,6 +52,10 @@ def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, n
         trainer.shared = make_dp_compatible(trainer.shared)  # type: ignore[assignment]  # same forward, other norm
         trainer.shared_opt = torch.optim.Adam(trainer.shared.parameters(), lr=config.lr,
                                               weight_decay=config.weight_decay)
+    if dp_personal:
+        trainer.personal = make_dp_compatible(trainer.personal)  # type: ignore[assignment]
+        trainer.personal_opt = torch.optim.Adam(trainer.personal.parameters(), lr=config.lr,
+                                                weight_decay=config.weight_decay)
     return trainer
 
 

@@ -137,6 +137,29 @@ class PrivacySettings:
     label_cap: int = 0             # 0: scale every record by 1/sqrt(#labels)
     dp_sgd_noise_multiplier: float = 1.0
     dp_sgd_max_grad_norm: float = 1.0
+    # Which model computes the released statistics (docs/PRIVACY.md, "The DP chain"):
+    #   dp_sgd: the site's personal model, trained with Opacus DP-SGD (composed in the same accountant);
+    #   frozen: a model never trained on the site's records (weights named by frozen_encoder_sha256,
+    #           or the common seed-initialised network when that is empty).
+    statistics_encoder: str = "dp_sgd"
+    frozen_encoder_sha256: str = ""
+    colluding_sites: int = 0       # distributed mode: sites that may collude with the coordinator (c)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "local", "distributed"):
+            raise ValueError(f"privacy.mode={self.mode!r}: choose off, local or distributed")
+        if self.statistics_encoder not in ("dp_sgd", "frozen"):
+            raise ValueError(f"privacy.statistics_encoder={self.statistics_encoder!r}: choose dp_sgd or frozen")
+        if self.frozen_encoder_sha256 and self.statistics_encoder != "frozen":
+            raise ValueError("privacy.frozen_encoder_sha256 is set but privacy.statistics_encoder is not "
+                             "\"frozen\"")
+        if isinstance(self.colluding_sites, bool) or self.colluding_sites < 0:
+            raise ValueError(f"privacy.colluding_sites={self.colluding_sites!r} must be an integer >= 0")
+
+    @property
+    def trains_encoder_with_dp_sgd(self) -> bool:
+        """DP is on and the statistics come from a model trained on the records (so DP-SGD trains it)."""
+        return self.mode != "off" and self.statistics_encoder == "dp_sgd"
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,15 @@ def coordinator_config(tmp: Path, sites: list[str], *, enrolled: list[str] | Non
                        min_sites: int | None = None, train: dict | None = None, method: str = "pfmh",
                        share_mode: str = "prototypes", privacy: str = "off", dims: tuple[int, int, int] = (8, 6, 3),
                        phase_timeout_s: float = 5.0, train_timeout_s: float = 10.0,
-                       max_message_mb: int = 4) -> CoordinatorConfig:
+                       max_message_mb: int = 4, privacy_settings: PrivacySettings | None = None) -> CoordinatorConfig:
     enrolled = enrolled or sites
     fed = FederationSettings(federation_id=FED, image_dim=dims[0], text_dim=dims[1], num_classes=dims[2],
                              method=method, share_mode=share_mode, rounds=rounds,
                              min_sites=min_sites or len(enrolled),
                              train=train or {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1,
                                              "shared_epochs": 1},
-                             privacy=PrivacySettings(mode=privacy), train_timeout_s=train_timeout_s,
+                             privacy=privacy_settings or PrivacySettings(mode=privacy),
+                             train_timeout_s=train_timeout_s,
                              phase_timeout_s=phase_timeout_s)
     return CoordinatorConfig(federation=fed, sites=tuple(enrolled),
                              tls=TlsSettings(ca_cert="pki/ca/ca.crt", cert="pki/coordinator/tls.crt",
@@ -236,7 +237,7 @@ def write_site_files(tmp: Path, sites: list[str], *, preset: str = "tiny", seed:
     return parts
 
 
-def site_daemon(tmp: Path, name: str, port: int, **kwargs):  # noqa: ANN003, ANN201
+def site_daemon(tmp: Path, name: str, port: int, *, epsilon_max: float = 8.0, **kwargs):  # noqa: ANN003, ANN201
     """The real ``SiteDaemon`` for ``name``, with the files of :func:`write_site_files`, DP not required."""
     from participant.config import SiteConfig, SitePrivacy, SiteTls
     from participant.site import SiteDaemon
@@ -245,7 +246,8 @@ def site_daemon(tmp: Path, name: str, port: int, **kwargs):  # noqa: ANN003, ANN
         site=name, federation_id=FED, coordinator=f"127.0.0.1:{port}", data=f"data/{name}.h5",
         tls=SiteTls(ca_cert=f"pki/{name}/ca.crt", cert=f"pki/{name}/tls.crt", key=f"pki/{name}/tls.key",
                     signing_key=f"pki/{name}/signing.key", crl="pki/ca/crl.pem"),
-        state_dir=f"state/{name}", privacy=SitePrivacy(require_dp=False)), base=tmp, **kwargs)
+        state_dir=f"state/{name}", privacy=SitePrivacy(require_dp=False, epsilon_max=epsilon_max)), base=tmp,
+        **kwargs)
 
 
 def join_sites(port: int, pki: Pki, cfg: CoordinatorConfig, names: list[str]) -> list[ScriptedSite]:

@@ -66,3 +66,29 @@ def test_missing_tls_file(tmp_path: Path) -> None:
     (tmp_path / "tls.key").unlink()
     with pytest.raises(SettingsError, match="tls.key = 'tls.key': no such file"):
         load_config(path)
+
+
+@pytest.mark.parametrize(("privacy", "message"), [
+    ('mode = "distributed"\ncolluding_sites = 2', r"privacy.colluding_sites = 2 >= the secure-aggregation threshold 2"),
+    ('mode = "lcoal"', r"privacy.mode='lcoal'"),
+    ('statistics_encoder = "public"', r"statistics_encoder='public'"),
+    ('frozen_encoder_sha256 = "ab"', r"frozen_encoder_sha256 is set but"),
+    ('colluding_sites = -1', r"colluding_sites=-1"),
+])
+def test_dp_settings_that_cannot_give_the_target_sigma_are_refused(tmp_path: Path, privacy: str, message: str) -> None:
+    # 3 sites: the default threshold for a cohort of 3 is t = 2, so c = 2 colluders leave no honest share
+    with pytest.raises(SettingsError, match=message):
+        load_config(write(tmp_path, "", f"[federation.privacy]\n{privacy}\n"))
+
+
+def test_distributed_refusal_names_the_keys_and_the_cohort(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_config(write(tmp_path, "min_sites = 2\n", '[federation.privacy]\nmode = "distributed"\n'
+                                                       'colluding_sites = 2\n'))
+    text = str(info.value)
+    assert "coordinator.toml" in text and "cohort of 2 sites" in text and "federation.secagg.threshold" in text
+
+
+def test_distributed_with_one_colluder_below_the_threshold_loads(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "", '[federation.privacy]\nmode = "distributed"\ncolluding_sites = 1\n'))
+    assert cfg.federation.privacy.colluding_sites == 1

@@ -39,10 +39,10 @@ def test_site_that_misses_the_train_timeout_rejoins_next_round(tmp_path: Path) -
         slow = daemons[2]
         train = slow._train
 
-        def slow_first_round():  # noqa: ANN202
+        def slow_first_round(noise_cohort: int):  # noqa: ANN202
             if slow.after_round == 0:
                 time.sleep(5.0)  # past the 3 s train timeout: the others advertise and the phase closes
-            return train()
+            return train(noise_cohort)
 
         slow._train = slow_first_round  # type: ignore[method-assign]
         codes = run_daemons(daemons, 120)
