@@ -230,3 +230,25 @@ def test_compact_directory_must_cover_neighbours_and_advertisers() -> None:
     with pytest.raises(InvalidMessage, match="omit an advertiser"):
         fed.clients[b].share_keys(dataclasses.replace(theirs, site_ids=hidden), verify_keys=fed.verify_keys)
     assert len(fed.clients[c].share_keys(server.directory_for(c), verify_keys=fed.verify_keys)) == 4
+
+
+def test_shares_made_for_another_advertiser_list_are_refused() -> None:
+    # Prepare: 12 sites, k = 4; the coordinator shows site b a list without one advertiser (another graph)
+    from security.errors import ShareInvalid
+    from security.secagg_server import SecAggServer
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 12)
+    server = SecAggServer(fed.config, fed.sites, round_number=1)
+    for s in fed.sites:
+        server.receive_advertisement(s, fed.clients[s].advertise(1, fed.sites))
+    server.close_advertisements()
+    graph = neighbours(fed.sites, k=4, round_seed=round_seed("fed", 1))
+    a = fed.sites[0]
+    b = sorted(graph[a])[0]
+    far = next(s for s in fed.sites if s not in graph[a] | graph[b] | {a, b})
+    honest = server.directory_for(a)
+    lie = dataclasses.replace(server.directory_for(b), site_ids=tuple(s for s in fed.sites if s != far))
+    shares_a = fed.clients[a].share_keys(honest, verify_keys=fed.verify_keys)
+    fed.clients[b].share_keys(lie, verify_keys=fed.verify_keys)
+    # Execute / Assert: b opens a's share only if both built the round graph from the same list
+    with pytest.raises(ShareInvalid, match="another advertiser list"):
+        fed.clients[b].masked_input([m for m in shares_a if m.recipient == b], np.zeros(D))
