@@ -78,7 +78,13 @@ def neighbours(cohort: Sequence[str], *, k: int, round_seed: bytes) -> dict[str,
             for pos, site in enumerate(ring)}
 
 
-def two_hop(graph: dict[str, frozenset[str]], site: str) -> frozenset[str]:
-    """``site``, its neighbours and theirs: every holder of a share that ``site`` holds (consistency check)."""
-    near = graph[site] | {site}
-    return frozenset(near.union(*(graph[v] for v in near)))
+def within_hops(graph: dict[str, frozenset[str]], site: str, hops: int) -> frozenset[str]:
+    """``site`` and every site at most ``hops`` graph edges away.
+
+    Three hops is what the consistency check needs: the holders of the holders of every share ``site``
+    holds (``security.secagg_client.SecAggClient.unmask``).
+    """
+    near = frozenset({site})
+    for _ in range(hops):
+        near = near.union(*(graph[v] for v in near))
+    return near

@@ -434,9 +434,18 @@ class SecAggClient:
         relayed = [s for s in signatures if s.site_id != self._site]
         signers = valid_signers(view=view, signatures=relayed, verify_keys=verify_keys) | {self._site}
         survivors = set(view.survivors)
-        for owner in owners:
-            holders = (graph[owner] | {owner}) & survivors
-            count = len(signers & holders)
+
+        def enough(owner: str) -> None:
+            count = len(signers & (graph[owner] | {owner}) & survivors)
             if count < t:
                 raise RoundAborted(f"only {count} of {owner!r}'s holders signed this site's survivor set "
                                    f"< threshold {t}; the coordinator may be showing sites different sets")
+
+        for owner in owners:
+            enough(owner)
+            if owner in survivors:  # its self seed is revealed: it must vouch for the set, and so must
+                if owner not in signers:  # t holders of each survivor its input is masked with
+                    raise RoundAborted(f"{owner!r} is listed as a survivor but did not sign this survivor set; "
+                                       f"its self seed stays hidden")
+                for peer in sorted(graph[owner] & survivors):
+                    enough(peer)

@@ -35,7 +35,7 @@ from security.context import SessionContext
 from security.errors import InvalidMessage, RoundAborted, ShareInvalid
 from security.key_agreement import AgreementPrivateKey, AgreementPublicKey, derive_mask_seed
 from security.masking import PairwiseMask, remove_masks
-from security.neighbours import neighbours, round_seed, two_hop
+from security.neighbours import neighbours, round_seed, within_hops
 from security.prg import MaskSeed
 from security.secagg_config import RoundPlan, SecAggConfig
 from security.secagg_messages import (
@@ -50,6 +50,7 @@ from security.signing import VerifyKey, verify_key_bundle
 from security.stages import Stage, check_transition, require_stage
 
 logger = logging.getLogger(__name__)
+CHECK_HOPS = 3  # a survivor counts signatures of the holders of its neighbours' holders
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +210,9 @@ class SecAggServer:
         if site not in graph:
             raise InvalidMessage(f"{site!r} did not advertise keys this round")
         order = tuple(sorted(state.adverts))
-        # with the consistency check a site also counts signatures of its neighbours' holders: two hops
-        near = two_hop(graph, site) if self._config.consistency_check else graph[site] | {site}
+        # with the consistency check a site also counts signatures of the holders of its neighbours'
+        # holders (three hops), so it gets their certificates here
+        near = within_hops(graph, site, CHECK_HOPS) if self._config.consistency_check else graph[site] | {site}
         if len(near) == len(order):
             return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in order))
         members = sorted(near)
@@ -320,7 +322,7 @@ class SecAggServer:
         state.signatures[sender] = message
 
     def close_consistency(self) -> dict[str, tuple[SurvivorSignature, ...]]:
-        """End phase 5a: for every survivor that signed, the signatures of the sites within two graph hops.
+        """End phase 5a: for every survivor that signed, the signatures of the sites within three graph hops.
 
         Raises:
             RoundAborted: fewer than t survivors signed (nothing has been revealed).
@@ -329,7 +331,8 @@ class SecAggServer:
         state = self._live()
         self._need_threshold(len(state.signatures), "survivors signed the survivor set")
         graph = state.graph or {}
-        bundles = {site: tuple(state.signatures[s] for s in sorted(two_hop(graph, site) & state.signatures.keys()))
+        bundles = {site: tuple(state.signatures[s]
+                               for s in sorted(within_hops(graph, site, CHECK_HOPS) & state.signatures.keys()))
                    for site in sorted(state.signatures)}
         self._stage = Stage.UNMASK
         return bundles

@@ -14,7 +14,7 @@ from security.errors import (
     SignatureInvalid,
     StageOutOfOrder,
 )
-from security.neighbours import neighbours, round_seed
+from security.neighbours import neighbours, round_seed, within_hops
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import EncryptedShare, KeyDirectory, UnmaskRequest
 from security.signing import SigningKey
@@ -209,9 +209,9 @@ def test_rounds_never_repeat_and_repr_hides_secrets(fed: Federation) -> None:
 
 
 def test_compact_directory_must_cover_neighbours_and_advertisers() -> None:
-    # Prepare: 12 sites with k = 4; compact directories from a real server
+    # Prepare: 20 sites with k = 4; compact directories from a real server
     from security.secagg_server import SecAggServer
-    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 12)
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 20)
     server = SecAggServer(fed.config, fed.sites, round_number=1)
     for s in fed.sites:
         server.receive_advertisement(s, fed.clients[s].advertise(1, fed.sites))
@@ -233,10 +233,10 @@ def test_compact_directory_must_cover_neighbours_and_advertisers() -> None:
 
 
 def test_shares_made_for_another_advertiser_list_are_refused() -> None:
-    # Prepare: 12 sites, k = 4; the coordinator shows site b a list without one advertiser (another graph)
+    # Prepare: 20 sites, k = 4; the coordinator shows site b a list without one advertiser (another graph)
     from security.errors import ShareInvalid
     from security.secagg_server import SecAggServer
-    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 12)
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 20)
     server = SecAggServer(fed.config, fed.sites, round_number=1)
     for s in fed.sites:
         server.receive_advertisement(s, fed.clients[s].advertise(1, fed.sites))
@@ -244,7 +244,7 @@ def test_shares_made_for_another_advertiser_list_are_refused() -> None:
     graph = neighbours(fed.sites, k=4, round_seed=round_seed("fed", 1))
     a = fed.sites[0]
     b = sorted(graph[a])[0]
-    far = next(s for s in fed.sites if s not in graph[a] | graph[b] | {a, b})
+    far = next(s for s in fed.sites if s not in within_hops(graph, b, 3) | within_hops(graph, a, 3))
     honest = server.directory_for(a)
     lie = dataclasses.replace(server.directory_for(b), site_ids=tuple(s for s in fed.sites if s != far))
     shares_a = fed.clients[a].share_keys(honest, verify_keys=fed.verify_keys)

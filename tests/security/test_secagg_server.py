@@ -193,8 +193,8 @@ def test_constructor_validates(fed: Federation) -> None:
 
 
 def test_compact_directory_holds_neighbours_and_all_ids() -> None:
-    # Prepare: 12 sites with k = 4, and a full-graph federation for comparison
-    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 12)
+    # Prepare: 20 sites with k = 4, and a full-graph federation for comparison
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 20)
     server = _advertised(fed)
     full = server.close_advertisements()
     small = Federation.create(SecAggConfig(federation_id="fed", vector_length=D), 5)
@@ -203,8 +203,8 @@ def test_compact_directory_holds_neighbours_and_all_ids() -> None:
     # Execute
     compact = server.directory_for(fed.sites[0])
     # Assert
-    # own + the neighbours within two hops (k = 4: 4 on either side of the ring): their signatures count
-    assert len(compact.advertisements) == 9 and compact.site_ids == tuple(sorted(fed.sites))
+    # own + the sites within three hops (k = 4: 6 on either side of the ring): their signatures count
+    assert len(compact.advertisements) == 13 and compact.site_ids == tuple(sorted(fed.sites))
     assert set(compact.advertisements) <= set(full.advertisements)
     assert small_server.directory_for(small.sites[0]) == small_full
     with pytest.raises(InvalidMessage, match="did not advertise"):
