@@ -174,8 +174,8 @@ class FederationServicer:
 
     def SubmitSurvivorSignature(self, request, context):
         """Phase 5a, the consistency check (Bonawitz et al. 2017): each survivor signs the survivor view it
-        was told; before revealing any share it fetches its graph neighbours' and their neighbours'
-        signatures and checks that enough holders of every site signed the very same view.
+        was told; before revealing any share it fetches the signatures of the survivors within three
+        graph hops and checks that enough holders of every site signed the very same view.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

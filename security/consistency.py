@@ -3,7 +3,9 @@
 Before revealing any share, a survivor signs the *view* it was given: the advertiser list it built its
 round graph from, and the survivor and dropout lists of the unmask request. It reveals a share of a site
 ``o`` only when it holds valid signatures on the very same view from at least ``t`` of ``o``'s share holders
-(``o``'s graph neighbours and ``o`` itself) that are listed as survivors. Signed bytes::
+(``o``'s graph neighbours and ``o`` itself) that are listed as survivors; revealing a survivor's self-seed
+share further needs that survivor's own signature and ``t`` holder signatures for each of its surviving
+neighbours (``SecAggClient.unmask``). Signed bytes::
 
     "pfmh-secagg-v1/survivors\\0" || SessionContext(federation, round, signer, "*").to_bytes() || view digest
     view digest = SHA-256("pfmh-secagg-v1/view\\0" || list(advertisers) || list(survivors) || list(dropouts))

@@ -223,8 +223,8 @@ def test_secagg_plus_relays_each_site_only_its_neighbours_keys(tmp_path: Path) -
     names = SITES[:6]
     pki = make_pki(tmp_path, names)
     cfg = _cfg(tmp_path, names)
-    # semi-honest mode: with the consistency check a site is also sent its neighbours' neighbours (two hops,
-    # all 6 here); tests/security/test_secagg_server.py checks that window on 12 sites
+    # semi-honest mode: with the consistency check a site is also sent the sites within three hops
+    # (all 6 here); tests/security/test_secagg_server.py checks that window on 20 sites
     cfg = replace(cfg, federation=replace(cfg.federation, secagg=replace(cfg.federation.secagg, neighbours=4,
                                                                          consistency_check=False)))
     with coordinator(tmp_path, cfg) as (port, engine):
