@@ -1,9 +1,10 @@
 """Privacy-budget audit of the sites' signed ledgers: verify, recompute epsilon, report (no gRPC).
 
 Input is what ``coordinator.ledgers.LedgerStore`` keeps under ``<state_dir>/ledgers/``: ``<site>.jsonl``
-(the site's whole ledger as last reported), ``<site>.crt`` (the certificate it reported with) and
-``heads.json`` (the last ``(seq, hash)`` seen per site). Checks per site, in order; the first failure
-marks the site FAILED with a reason code (:class:`AuditFailed`):
+(the site's ledger as verified so far, assembled from its reports), ``<site>.crt`` (the certificate it
+reported with), ``heads.json`` (the last ``(seq, hash)`` verified per site) and ``rejected/<site>/``
+(reports it refused); and the round log ``<state_dir>/rounds.json`` (``coordinator.persistence``). Checks
+per site, in order; the first failure marks the site FAILED with a reason code (:class:`AuditFailed`):
 
 1. ``missing_file``: both files are there for every site named in ``heads.json``.
 2. ``certificate_rejected``: the certificate names the site and, when a CA is given, verifies
@@ -14,7 +15,16 @@ marks the site FAILED with a reason code (:class:`AuditFailed`):
    types of the participant's schema; ``round_order``: rounds never go back.
 5. ``epsilon_mismatch``: the recorded epsilon of each ``dp_release`` equals ``epsilon_for`` of all
    ``(noise_multiplier, sample_rate, steps)`` released up to and including it, at its delta and accountant,
-   to ``REL_TOL``; ``budget_exceeded``: it is at most its ``epsilon_max``.
+   to ``REL_TOL``; ``budget_exceeded``: it is at most its ``epsilon_max`` (checks 4-5:
+   ``security.ledger_audit.check_releases``).
+6. Against the round log ``<state_dir>/rounds.json`` (skipped, with a warning, when it is absent;
+   ``security.ledger_audit.cross_check``): ``release_missing``: the site's masked input entered the
+   revealed sum of a completed round with DP on, but its ledger has no ``dp_release`` for that round;
+   ``release_unwitnessed``: a ``dp_release`` for a round whose cohort did not hold the site. A release for a
+   round where the site was in the cohort but its input entered no revealed sum is fine: "charged, not
+   released".
+7. ``rejected_report``: the coordinator rejected a ledger report of the site (kept in
+   ``ledgers/rejected/<site>/``, see ``coordinator.ledgers``).
 
 Security:
     The audit trusts only the CA certificate passed in: without it a stored certificate is taken as is,
@@ -26,17 +36,31 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from security.accountant import epsilon_for
-from security.errors import CertificateRejected, LedgerTampered, PkiError, UnsafeConfiguration
+from coordinator.ledgers import load_rejected
+from security.errors import CertificateRejected, LedgerTampered, PkiError
 from security.ledger import LedgerEntry, verify_ledger
+from security.ledger_audit import (  # noqa: F401 - AuditFailed, REL_TOL and check_releases re-exported
+    ABORTED,
+    COMPLETED,
+    DP_RELEASE,
+    INTERRUPTED,
+    NO_DP,
+    REL_TOL,
+    AuditFailed,
+    Release,
+    RoundWitness,
+    check_releases,
+    cross_check,
+    last_release,
+    round_summary,
+)
 from security.pki import Role
 from security.pki_verify import (
     load_certificate,
@@ -45,57 +69,20 @@ from security.pki_verify import (
     verify_peer_certificate,
 )
 
-REL_TOL = 1e-9
-DP_RELEASE, NO_DP = "dp_release", "upload_without_dp"
-MECHANISMS = ("gaussian_prototype_statistics", "dp_sgd_shared_model")
-_CHOICES = {"mechanism": MECHANISMS, "mode": ("local", "distributed"), "accountant": ("rdp", "prv")}
-_RELEASE_FIELDS: dict[str, type] = {
-    "round": int, "mechanism": str, "mode": str, "noise_multiplier": float, "sensitivity": float,
-    "sample_rate": float, "steps": int, "delta": float, "epsilon": float, "epsilon_max": float,
-    "accountant": str, "covered": str, "not_covered": str}
-_NO_DP_FIELDS: dict[str, type] = {"round": int, "what": str}
-
 
 class AuditError(Exception):
     """The audit cannot start (no ledger directory, unreadable CA certificate); a user error."""
 
 
-class AuditFailed(Exception):
-    """A site's ledger failed the audit; the message names site, reason, seq and round, and the fix."""
-
-    def __init__(self, site: str, reason: str, detail: str, *, seq: int | None = None,
-                 round_number: int | None = None) -> None:
-        where = "".join([f" at seq {seq}" if seq is not None else "",
-                         f" (round {round_number})" if round_number is not None else ""])
-        super().__init__(f"site {site!r}: {reason}{where}: {detail}")
-        self.site, self.reason, self.seq, self.round_number = site, reason, seq, round_number
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One verified ledger entry: a DP release (``kind == "dp_release"``) or an upload without DP."""
-
-    seq: int
-    round: int
-    time: str
-    kind: str
-    record: dict[str, Any]
-    epsilon_recomputed: float | None = None
-
-    def get(self, key: str) -> Any:
-        return self.record.get(key)
-
-    @property
-    def budget_left(self) -> float | None:
-        """``epsilon_max - epsilon`` after this release, never below 0 (None for an upload without DP)."""
-        if self.kind != DP_RELEASE:
-            return None
-        return max(0.0, float(self.record["epsilon_max"]) - float(self.record["epsilon"]))
-
-
 @dataclass(frozen=True, slots=True)
 class SiteAudit:
-    """The audit of one site: ``error`` is None when every check passed (then ``releases`` is complete)."""
+    """The audit of one site: ``error`` is None when every check passed (then ``releases`` is complete).
+
+    ``cross_checked`` says whether the releases were held against the round log (``rounds.json``);
+    ``charged_not_released`` lists the rounds with a DP release whose input entered no revealed sum;
+    ``rejected`` holds the ledger reports the coordinator rejected (``coordinator.ledgers.load_rejected``);
+    ``head`` is the coordinator's verified ``(entries, hash)`` for ``pfmh-participant budget --coordinator-head``.
+    """
 
     site: str
     entries: int
@@ -103,6 +90,11 @@ class SiteAudit:
     error: AuditFailed | None = None
     certificate_serial: str | None = None
     ca_verified: bool = False
+    cross_checked: bool = False
+    charged_not_released: tuple[int, ...] = ()
+    rejected: tuple[dict[str, Any], ...] = ()
+    head: tuple[int, str] | None = None
+    rounds: tuple[RoundWitness, ...] = ()  # the round log's rounds that involve this site
 
     @property
     def ok(self) -> bool:
@@ -111,7 +103,7 @@ class SiteAudit:
     @property
     def last_release(self) -> Release | None:
         """The latest ``dp_release`` (it carries the whole history's epsilon), or None."""
-        return next((r for r in reversed(self.releases) if r.kind == DP_RELEASE), None)
+        return last_release(self.releases)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,71 +114,12 @@ class AuditReport:
     generated: str
     ca_checked: bool
     sites: tuple[SiteAudit, ...]
+    round_log: bool = False  # rounds.json was found: ledgers were cross-checked with it
     exclusions: tuple[dict[str, Any], ...] = ()  # from the round log: sites excluded for misbehaving
 
     @property
     def ok(self) -> bool:
         return all(s.ok for s in self.sites)
-
-
-def _field_error(record: dict[str, Any], fields: dict[str, type]) -> str | None:
-    for key, tp in fields.items():
-        value = record.get(key)
-        numeric = tp is float and isinstance(value, int | float)
-        if value is None or isinstance(value, bool) or not (numeric or isinstance(value, tp)):
-            return f"field {key!r} = {value!r} is missing or not {tp.__name__}"
-        if key in _CHOICES and value not in _CHOICES[key]:
-            return f"field {key!r} = {value!r} is not one of {_CHOICES[key]}"
-    return None
-
-
-def check_releases(entries: Sequence[LedgerEntry], *, site: str) -> tuple[Release, ...]:
-    """Check every record's schema and recompute each DP release's epsilon from the recorded history.
-
-    Args:
-        entries: the site's verified ledger entries, oldest first.
-        site: the site id, for messages.
-
-    Raises:
-        AuditFailed: ``malformed_record``, ``round_order``, ``epsilon_mismatch`` or ``budget_exceeded``.
-    """
-    history: list[tuple[float, float, int]] = []
-    out: list[Release] = []
-    last_round = -1
-    for e in entries:
-        rec = e.record
-        fields = {DP_RELEASE: _RELEASE_FIELDS, NO_DP: _NO_DP_FIELDS}.get(rec.get("kind"))  # type: ignore[arg-type]
-        bad = (f"kind {rec.get('kind')!r} is neither {DP_RELEASE!r} nor {NO_DP!r}" if fields is None
-               else _field_error(rec, fields))
-        if bad:
-            raw = rec.get("round")
-            raise AuditFailed(site, "malformed_record", f"{bad}; the ledger is not from a compatible "
-                              "pfmh-participant", seq=e.seq, round_number=raw if isinstance(raw, int) else None)
-        rnd: int = rec["round"]
-        if rnd < last_round:
-            raise AuditFailed(site, "round_order", f"round {rnd} recorded after round {last_round}",
-                              seq=e.seq, round_number=rnd)
-        last_round = rnd
-        if rec["kind"] == NO_DP:
-            out.append(Release(e.seq, rnd, e.time, NO_DP, rec))
-            continue
-        history.append((rec["noise_multiplier"], rec["sample_rate"], rec["steps"]))
-        try:
-            recomputed = epsilon_for(history, rec["delta"], rec["accountant"])
-        except UnsafeConfiguration as exc:
-            raise AuditFailed(site, "malformed_record", str(exc), seq=e.seq, round_number=rnd) from exc
-        recorded = float(rec["epsilon"])
-        if not math.isclose(recorded, recomputed, rel_tol=REL_TOL, abs_tol=0.0):
-            raise AuditFailed(site, "epsilon_mismatch", f"recorded epsilon {recorded!r} but the {len(history)} "
-                              f"recorded releases give {recomputed!r} ({rec['accountant']}, delta "
-                              f"{rec['delta']:g}); the ledger understates or misstates the spent budget",
-                              seq=e.seq, round_number=rnd)
-        if recorded > rec["epsilon_max"] * (1 + REL_TOL):
-            raise AuditFailed(site, "budget_exceeded", f"epsilon {recorded:.6g} > epsilon_max "
-                              f"{rec['epsilon_max']:.6g}; the site released past its budget",
-                              seq=e.seq, round_number=rnd)
-        out.append(Release(e.seq, rnd, e.time, DP_RELEASE, rec, recomputed))
-    return tuple(out)
 
 
 def _entry_time(entries: Sequence[LedgerEntry]) -> dt.datetime | None:
@@ -196,12 +129,38 @@ def _entry_time(entries: Sequence[LedgerEntry]) -> dt.datetime | None:
         return None
 
 
+def round_witnesses(history: Sequence[Mapping[str, Any]]) -> dict[int, RoundWitness]:
+    """The round log of ``rounds.json`` (``coordinator.persistence``) as witnesses, by round number.
+
+    Entries written before the log recorded ``inputs`` use ``survivors`` (the same sites: those whose
+    masked inputs were summed); ``dp`` and ``inputs_received`` are then unknown (None).
+    """
+    out: dict[int, RoundWitness] = {}
+    for h in history:
+        outcome = str(h["outcome"])
+        inputs = h.get("inputs", h.get("survivors", ())) if outcome == COMPLETED else ()
+        received = h.get("inputs_received")
+        dp = h.get("dp")
+        out[int(h["round"])] = RoundWitness(int(h["round"]), outcome, frozenset(map(str, h.get("cohort", ()))),
+                                            frozenset(map(str, inputs)),
+                                            None if received is None else frozenset(map(str, received)),
+                                            None if dp is None else bool(dp))
+    return out
+
+
 def audit_site(ledger_dir: Path, site: str, *, ca_cert: x509.Certificate | None = None,
-               expected_head: tuple[int, str] | None = None) -> SiteAudit:
-    """Audit one site's stored ledger (checks 1-5 of the module docstring); failures land in ``error``."""
+               expected_head: tuple[int, str] | None = None,
+               witnesses: Mapping[int, RoundWitness] | None = None,
+               rejected: Sequence[dict[str, Any]] = ()) -> SiteAudit:
+    """Audit one site's stored ledger (checks 1-7 of the module docstring); failures land in ``error``."""
     path, cert_path = ledger_dir / f"{site}.jsonl", ledger_dir / f"{site}.crt"
     entries: list[LedgerEntry] = []
+    releases: tuple[Release, ...] = ()
+    charged: tuple[int, ...] = ()
     serial = None
+    head = None if expected_head is None else (expected_head[0] + 1, expected_head[1])
+    mine = tuple(w for w in sorted((witnesses or {}).values(), key=lambda w: w.round)
+                 if site in w.cohort or site in w.inputs)
     try:
         missing = [p.name for p in (path, cert_path) if not p.is_file()]
         if missing:
@@ -223,33 +182,51 @@ def audit_site(ledger_dir: Path, site: str, *, ca_cert: x509.Certificate | None 
             raise AuditFailed(site, f"ledger_tampered:{exc.reason}", f"{exc}; the stored ledger is not what "
                               "the site signed", seq=exc.seq) from exc
         releases = check_releases(entries, site=site)
+        if witnesses is not None:
+            charged = cross_check(releases, witnesses, site=site)
+        if rejected:
+            first = rejected[0]
+            raise AuditFailed(site, "rejected_report", f"the coordinator rejected {len(rejected)} ledger "
+                              f"report(s) of this site; the first at {first.get('received')}: {first.get('message')} "
+                              f"(kept in {Path(first['file']).parent}; move them away once reviewed)")
     except AuditFailed as exc:
-        return SiteAudit(site, len(entries), (), exc, serial, False)
-    return SiteAudit(site, len(entries), releases, None, serial, ca_cert is not None)
+        return SiteAudit(site, len(entries), releases, exc, serial, False, witnesses is not None, charged,
+                         tuple(rejected), head, mine)
+    return SiteAudit(site, len(entries), releases, None, serial, ca_cert is not None, witnesses is not None,
+                     charged, tuple(rejected), head, mine)
 
 
 def audit_state_dir(state_dir: Path | str, *, ca_cert_path: Path | str | None = None,
                     now: dt.datetime | None = None) -> AuditReport:
-    """Audit every site whose ledger (or head) is stored under ``<state_dir>/ledgers``.
+    """Audit every site whose ledger (or head, or a rejected report) is stored under ``<state_dir>/ledgers``,
+    cross-checked with the round log ``<state_dir>/rounds.json`` where it exists.
 
     Raises:
-        AuditError: no ledger directory, or the CA certificate cannot be read.
+        AuditError: no ledger directory, or the CA certificate, heads, round log or a rejected report
+            cannot be read.
     """
     ledger_dir = Path(state_dir) / "ledgers"
     if not ledger_dir.is_dir():
         raise AuditError(f"no ledger directory {ledger_dir}; pass the coordinator's state_dir "
                          "(sites report ledgers after each round)")
+    round_log = Path(state_dir) / "rounds.json"
     try:
         ca_cert = load_certificate(Path(ca_cert_path)) if ca_cert_path is not None else None
         heads_file = ledger_dir / "heads.json"
         raw = json.loads(heads_file.read_text()) if heads_file.is_file() else {}
         heads = {str(site): (int(seq), str(digest)) for site, (seq, digest) in raw.items()}
-    except (OSError, AttributeError, TypeError, ValueError, CertificateRejected) as exc:
-        raise AuditError(f"cannot read the audit inputs ({exc}); check --ca and {ledger_dir}/heads.json") from exc
-    names = sorted({p.stem for p in ledger_dir.glob("*.jsonl")} | set(heads))
-    sites = tuple(audit_site(ledger_dir, name, ca_cert=ca_cert, expected_head=heads.get(name)) for name in names)
+        witnesses = (round_witnesses(json.loads(round_log.read_text())["history"]) if round_log.is_file()
+                     else None)
+        rejected = load_rejected(ledger_dir)
+    except (OSError, AttributeError, KeyError, TypeError, ValueError, CertificateRejected) as exc:
+        raise AuditError(f"cannot read the audit inputs ({exc}); check --ca, {ledger_dir}/heads.json, "
+                         f"{ledger_dir}/rejected/ and {round_log}") from exc
+    names = sorted({p.stem for p in ledger_dir.glob("*.jsonl")} | set(heads) | set(rejected))
+    sites = tuple(audit_site(ledger_dir, name, ca_cert=ca_cert, expected_head=heads.get(name), witnesses=witnesses,
+                             rejected=rejected.get(name, ())) for name in names)
     generated = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-    return AuditReport(str(state_dir), generated, ca_cert is not None, sites, _exclusions(Path(state_dir)))
+    return AuditReport(str(state_dir), generated, ca_cert is not None, sites, witnesses is not None,
+                       _exclusions(Path(state_dir)))
 
 
 def _exclusions(state_dir: Path) -> tuple[dict[str, Any], ...]:
@@ -264,21 +241,6 @@ def _exclusions(state_dir: Path) -> tuple[dict[str, Any], ...]:
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def round_summary(audit: SiteAudit) -> list[dict[str, Any]]:
-    """Per round of ``audit``: its releases, epsilon and budget left after it, and whether DP covered it."""
-    rounds: dict[int, dict[str, Any]] = {}
-    epsilon, left = 0.0, None
-    for r in audit.releases:
-        row = rounds.setdefault(r.round, {"round": r.round, "mechanisms": [], "uploads_without_dp": []})
-        if r.kind == DP_RELEASE:
-            row["mechanisms"].append(r.get("mechanism"))
-            epsilon, left = float(r.get("epsilon")), r.budget_left
-        else:
-            row["uploads_without_dp"].append(r.get("what"))
-        row.update(epsilon=epsilon, budget_left=left, all_dp=not row["uploads_without_dp"])
-    return [rounds[k] for k in sorted(rounds)]
-
-
 def _site_json(a: SiteAudit) -> dict[str, Any]:
     last = a.last_release
     releases = [{"seq": r.seq, "round": r.round, "time": r.time, **r.record,
@@ -296,13 +258,33 @@ def _site_json(a: SiteAudit) -> dict[str, Any]:
             "covered": sorted({r.get("covered") for r in dp}),
             "not_covered": sorted({r.get("not_covered") for r in dp}),
             "uploads_without_dp": [{"round": r.round, "what": r.get("what")} for r in a.releases if r.kind == NO_DP],
-            "rounds": round_summary(a), "releases": releases}
+            "rounds": round_summary(a.releases), "releases": releases,
+            "coordinator_head": None if a.head is None else {"entries": a.head[0], "hash": a.head[1]},
+            "cross_checked": a.cross_checked, "charged_not_released": list(a.charged_not_released),
+            "round_log": cross_check_rows(a), "rejected_reports": [
+                {k: r.get(k) for k in ("received", "reason", "seq", "message", "first_seq", "line_count", "file")}
+                for r in a.rejected]}
+
+
+def cross_check_rows(a: SiteAudit) -> list[dict[str, Any]]:
+    """Per round of the round log that involved the site: what the coordinator saw beside what the ledger says."""
+    dp_rounds = {r.round for r in a.releases if r.kind == DP_RELEASE}
+    rows = []
+    for w in a.rounds:
+        in_sum, released = a.site in w.inputs, w.round in dp_rounds
+        verdict = ("released" if in_sum and released else "charged, not released" if released
+                   else "no DP release (DP off)" if in_sum and not w.dp
+                   else "MISSING release" if in_sum else "not charged (no upload)")
+        rows.append({"round": w.round, "outcome": w.outcome, "input_in_sum": in_sum,
+                     "masked_input_received": None if w.received is None else a.site in w.received,
+                     "dp": w.dp, "dp_release_in_ledger": released, "verdict": verdict})
+    return rows
 
 
 def report_json(report: AuditReport) -> dict[str, Any]:
     """The report as a JSON-able document (``audit.json``)."""
     return {"state_dir": report.state_dir, "generated": report.generated, "ca_checked": report.ca_checked,
-            "ok": report.ok, "sites": [_site_json(a) for a in report.sites],
+            "round_log_checked": report.round_log, "ok": report.ok, "sites": [_site_json(a) for a in report.sites],
             "exclusions": list(report.exclusions)}
 
 
@@ -322,6 +304,8 @@ def report_markdown(report: AuditReport) -> str:
     out = ["# Privacy-budget audit", "", f"Generated {doc['generated']} from `{doc['state_dir']}`.",
            "Certificates checked against the federation CA: " + ("yes." if doc["ca_checked"] else
            "**no** (pass `--ca`; a stored certificate was trusted as is)."),
+           "Ledgers cross-checked with the coordinator's round log (`rounds.json`): " + ("yes." if
+           doc["round_log_checked"] else "**no** (no round log found; a ledger cut at its tail would pass)."),
            f"Result: **{'all' if not failed else len(doc['sites']) - len(failed)} of {len(doc['sites'])} "
            f"sites verified**" + (f"; FAILED: {', '.join(failed)}." if failed else "."), "", "## Summary", ""]
     out += _table(["site", "status", "entries", "epsilon spent", "epsilon max", "budget left", "delta",
@@ -334,6 +318,15 @@ def report_markdown(report: AuditReport) -> str:
                       [[e["round"], e["site"], e["until_round"], e["reason"]] for e in doc["exclusions"]])
     for s in doc["sites"]:
         out += ["", f"## Site {s['site']}", ""]
+        if s["coordinator_head"]:
+            head = s["coordinator_head"]
+            out += [f"Coordinator's verified head: `{head['entries']}:{head['hash']}` (for `pfmh-participant "
+                    "budget --coordinator-head`).", ""]
+        for r in s["rejected_reports"]:
+            out += [f"- **rejected ledger report** at {r['received']} ({r['reason']}): {r['message']} "
+                    f"(`{r['file']}`)"]
+        if s["rejected_reports"]:
+            out += [""]
         if s["error"]:
             out += [f"**FAILED** ({s['error']['reason']}): {s['error']['message']}", ""]
             continue
@@ -348,6 +341,12 @@ def report_markdown(report: AuditReport) -> str:
                         r.get("noise_multiplier"), r.get("sensitivity"), r.get("sample_rate"), r.get("steps"),
                         r.get("epsilon"), r["epsilon_recomputed"], r.get("delta"), r["budget_left"]]
                        for r in s["releases"]])
+        if s["cross_checked"]:
+            out += ["", "### Cross-check with the round log", ""]
+            out += _table(["round", "outcome", "input in revealed sum", "DP", "dp_release in ledger", "verdict"],
+                          [[r["round"], r["outcome"], "yes" if r["input_in_sum"] else "no",
+                            "-" if r["dp"] is None else "on" if r["dp"] else "off",
+                            "yes" if r["dp_release_in_ledger"] else "no", r["verdict"]] for r in s["round_log"]])
         out += ["", "### What DP covers", ""] + [f"- {t}" for t in s["covered"] or ["nothing (no DP release)"]]
         out += ["", "### What DP does not cover", ""] + [f"- {t}" for t in s["not_covered"]]
         out += [f"- round {u['round']}: uploaded **without DP**: {u['what']}" for u in s["uploads_without_dp"]]
@@ -365,7 +364,7 @@ def plot_epsilon(report: AuditReport, path: Path | str) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     try:
         for a in report.sites:
-            rows = round_summary(a) if a.ok else []
+            rows = round_summary(a.releases) if a.ok else []
             if not rows:
                 continue
             xs, ys = [r["round"] for r in rows], [r["epsilon"] for r in rows]

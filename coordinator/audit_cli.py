@@ -7,7 +7,8 @@ Examples::
 
 Until the daemon's CLI hooks these in (``add_audit_commands`` + ``run_audit``), run them as
 ``python -m coordinator.audit_cli audit verify ...``. Exit codes: 0 every site verified; 1 a site failed
-(signature, hash chain, epsilon recomputation, budget: the message names site, seq and round);
+(signature, hash chain, epsilon recomputation, budget, a release missing for a round its input entered
+or claimed for a round it was not in, a rejected ledger report: the message names site, seq and round);
 2 user error (no ledger directory, unreadable CA certificate). ``report`` writes its files even when a
 site fails, marking it FAILED, and still exits 1. See ``coordinator.audit`` for the checks.
 """
@@ -23,6 +24,8 @@ from coordinator.audit import AuditError, AuditReport, SiteAudit, audit_state_di
 
 _NO_CA = ("warning: certificates were NOT checked against the federation CA (pass --ca CA_CERT); "
           "a stored certificate was trusted as is")
+_NO_ROUND_LOG = ("warning: no round log {state_dir}/rounds.json: ledgers were NOT cross-checked with the rounds "
+                 "their inputs entered (a ledger cut at its tail would pass)")
 
 
 def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -60,13 +63,28 @@ def _site_line(a: SiteAudit) -> str:
     return head + tail + (f"; {no_dp} uploads WITHOUT DP" if no_dp else "")
 
 
+def _cross_check_line(a: SiteAudit) -> str | None:
+    """The round-log cross-check of a verified site, and the head its operator can check the site's ledger with."""
+    if not a.ok or not a.cross_checked:
+        return None
+    in_sum = sum(a.site in w.inputs for w in a.rounds)
+    charged = ", ".join(map(str, a.charged_not_released))
+    line = (f"       site {a.site!r}: matches the round log (its input in {in_sum} revealed sums)"
+            + (f"; charged, not released in rounds {charged}" if charged else ""))
+    return line + (f"; coordinator head {a.head[0]}:{a.head[1]}" if a.head else "")
+
+
 def _print_report(report: AuditReport) -> None:
     if not report.sites:
         print(f"no site ledgers under {report.state_dir}/ledgers yet")
     for a in report.sites:
         print(_site_line(a), file=sys.stdout if a.ok else sys.stderr)
+        if (line := _cross_check_line(a)) is not None:
+            print(line)
     if not report.ca_checked:
         print(_NO_CA, file=sys.stderr)
+    if not report.round_log:
+        print(_NO_ROUND_LOG.format(state_dir=report.state_dir), file=sys.stderr)
 
 
 def run_audit(args: argparse.Namespace) -> int:

@@ -8,6 +8,13 @@ Two files under ``state_dir``, each replaced atomically (write to a temporary fi
 - ``rounds.json``: the highest round number ever started (write-ahead, before a round's config
   is sent) and the history of round outcomes. A restarted coordinator never reuses a round
   number, so messages of a round cut short by the crash can never be replayed into a new one.
+
+The history is also the round log that ``pfmh-coordinator audit`` holds the sites' ledgers against
+(``security.ledger_audit.RoundWitness``). Each entry has ``round``, ``outcome`` and ``cohort``;
+a completed round adds ``inputs`` (the sites whose masked inputs entered the revealed sum) and an
+aborted one ``inputs_received`` (whose masked inputs had arrived; none entered a revealed sum); both
+add ``dp`` (every input had to carry a DP release). The round in flight is written ahead as
+``open_round`` with its cohort; a restart logs it as ``interrupted``.
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ class CoordinatorState:
     prototypes: np.ndarray | None = None
     shared_model: np.ndarray | None = None
     history: list[dict] = field(default_factory=list)
+    open_round: dict | None = None  # {"round", "cohort"} of the round in flight, written ahead
 
 
 class StateStore:
@@ -65,6 +73,10 @@ class StateStore:
             meta = json.loads(self.rounds.read_text())
             state.last_round_started = int(meta["last_round_started"])
             state.history = list(meta.get("history", []))
+            open_round = meta.get("open_round")
+            if open_round and all(h.get("round") != open_round["round"] for h in state.history):
+                # the coordinator stopped mid-round: nothing of it was revealed, but its cohort may have recorded
+                state.history.append({**open_round, "outcome": "interrupted"})
         if self.checkpoint.is_file():
             with np.load(self.checkpoint, allow_pickle=False) as data:
                 state.completed_rounds = int(data["completed_rounds"])
@@ -89,5 +101,5 @@ class StateStore:
 
     def _save_meta(self, state: CoordinatorState) -> None:
         meta = {"last_round_started": state.last_round_started, "completed_rounds": state.completed_rounds,
-                "history": state.history}
+                "history": state.history, "open_round": state.open_round}
         atomic_write(self.rounds, json.dumps(meta, indent=1).encode())

@@ -47,6 +47,7 @@ class RoundRun:
     phase: RoundPhase = RoundPhase.ADVERTISE
     phase_started: float = 0.0
     submitted: set[str] = field(default_factory=set)
+    masked_inputs: set[str] = field(default_factory=set)  # sites whose masked input arrived (the round log)
     certificates: dict[str, bytes] = field(default_factory=dict)
     directory: KeyDirectory | None = None
     directories: dict[str, KeyDirectory] = field(default_factory=dict)  # per site: its neighbours' only

@@ -290,6 +290,7 @@ class RoundEngine:
             run = self._run(message.round, RoundPhase.MASKED_INPUT)
             run.server.receive_masked_input(site, message)
             run.submitted.add(site)
+            run.masked_inputs.add(site)
             self.cond.notify_all()
 
     def await_unmask_request(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
@@ -373,6 +374,7 @@ class RoundEngine:
         with self.cond:
             self.state.last_round_started += 1
             number = self.state.last_round_started
+            self.state.open_round = {"round": number, "cohort": list(cohort)}
             self.store.save_round_started(self.state)  # write-ahead: round numbers are never reused
             sa = self.settings.secagg
             config = SecAggConfig(federation_id=self.settings.federation_id, vector_length=self.layout.length,
@@ -471,7 +473,9 @@ class RoundEngine:
         seconds = self.clock() - run.started
         self.state.history.append({"round": run.number, "outcome": "completed", "survivors": list(survivors),
                                    "cohort": list(run.cohort), "seconds": round(seconds, 3),
+                                   "inputs": list(survivors), "dp": self._dp_expected(),  # the round log
                                    **self._misbehaviour(run)})
+        self.state.open_round = None
         self.store.save_round_outcome(self.state, completed=True)  # before anyone can see the result
         run.result = GlobalState(self.state.completed_rounds, new.prototypes, new.shared_model)
         run.survivors = survivors
@@ -504,13 +508,20 @@ class RoundEngine:
         np.save(buffer, np.asarray(total, dtype=np.float64), allow_pickle=False)
         atomic_write(self.store.dir / "aggregates" / f"round-{number}.npy", buffer.getvalue())
 
+    def _dp_expected(self) -> bool:
+        """Whether every site's input must carry a DP release (the audit's cross-check, ``dp`` in the round log)."""
+        s = self.settings
+        return s.privacy.mode != "off" and (s.uses_prototypes or s.uses_dp_sgd)
+
     def _abort(self, run: RoundRun, reason: str) -> None:
         with self.cond:
             run.abort_reason = reason
             self.metrics.phase_seconds.labels(run.phase.value).observe(self.clock() - run.phase_started)
             run.phase = RoundPhase.ABORTED
             self.state.history.append({"round": run.number, "outcome": "aborted", "reason": reason,
-                                       "cohort": list(run.cohort), **self._misbehaviour(run)})
+                                       "cohort": list(run.cohort), "inputs_received": sorted(run.masked_inputs),
+                                       "dp": self._dp_expected(), **self._misbehaviour(run)})
+            self.state.open_round = None
             self.store.save_round_outcome(self.state, completed=False)
             self.metrics.rounds_aborted.labels(_reason_label(reason)).inc()
             self.cond.notify_all()

@@ -95,7 +95,8 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
                          interceptors=[auth, MetricsInterceptor(metrics),
                                        ErrorInterceptor(lambda kind, error: _rejected(metrics, engine, kind, error))],
                          options=options, maximum_concurrent_rpcs=cfg.server.max_workers * 4)
-    servicer = FederationServicer(engine, metrics, long_poll_s=cfg.server.long_poll_s, on_ledger=ledgers.receive)
+    servicer = FederationServicer(engine, metrics, long_poll_s=cfg.server.long_poll_s, on_ledger=ledgers.receive,
+                                  ledger_head=ledgers.head)
     pb_grpc.add_FederationServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

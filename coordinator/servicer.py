@@ -37,16 +37,19 @@ class FederationServicer(pb_grpc.FederationServicer):
         engine: the round engine.
         metrics: for site reports (epsilon, mAP).
         long_poll_s: longest wait of a long-poll RPC before it answers PENDING.
-        on_ledger: called with (site, ledger lines, certificate PEM) when a site reports its ledger;
-            returns the number of verified entries.
+        on_ledger: called with (site, ledger lines, certificate PEM, seq of the first line) when a site
+            reports its ledger; returns the number of verified entries.
+        ledger_head: the ledger head verified for a site, ``(entries, hash)``; handed to it at Join.
     """
 
     def __init__(self, engine: RoundEngine, metrics: CoordinatorMetrics, *, long_poll_s: float,
-                 on_ledger: Callable[[str, list[str], bytes], int]) -> None:
+                 on_ledger: Callable[[str, list[str], bytes, int], int],
+                 ledger_head: Callable[[str], tuple[int, str]] = lambda site: (0, "")) -> None:
         self.engine = engine
         self.metrics = metrics
         self.long_poll_s = long_poll_s
         self.on_ledger = on_ledger
+        self.ledger_head = ledger_head
         self.settings = engine.settings
 
     def _check_federation(self, federation_id: str) -> None:
@@ -71,9 +74,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         site = current_site()
         self.engine.touch(site)
         logger.info("site %s joined (%d training records)", site, request.num_train_records)
+        entries, head_hash = self.ledger_head(site)  # the site refuses to train if its own ledger is behind it
         return pb.JoinReply(federation_id=s.federation_id, protocol_version=PROTOCOL_VERSION,
                             settings_json=s.to_json(), enrolled_sites=list(self.engine.sites),
-                            next_round=self.engine.state.last_round_started + 1)
+                            next_round=self.engine.state.last_round_started + 1,
+                            ledger_entries=entries, ledger_head_hash=head_hash)
 
     def WaitForRound(self, request: pb.WaitForRoundRequest, context: grpc.ServicerContext) -> pb.RoundConfig:
         self._check_federation(request.federation_id)
@@ -204,7 +209,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._check_federation(request.federation_id)
         if len(request.lines) > 100_000:
             raise InvalidMessage("ledger report too long")
-        count = self.on_ledger(current_site(), list(request.lines), context.auth_context()["x509_pem_cert"][0])
+        count = self.on_ledger(current_site(), list(request.lines), context.auth_context()["x509_pem_cert"][0],
+                               request.first_seq)
         return pb.Ack(detail=f"{count} entries verified")
 
     def ReportMetrics(self, request: pb.SiteMetrics, context: grpc.ServicerContext) -> pb.Ack:

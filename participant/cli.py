@@ -1,4 +1,5 @@
-"""``pfmh-participant``: ``enroll``/``install`` (site-held keys), ``join``, ``search ...``, ``budget ...``."""
+"""``pfmh-participant``: ``enroll``/``install`` (site-held keys), ``join``, ``search``, ``archive``,
+``serve-search`` and ``budget``."""
 from __future__ import annotations
 
 import argparse
@@ -8,10 +9,10 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
-
+from participant.archive import ArchiveError
 from participant.client import CoordinatorError, CoordinatorUnreachable
 from participant.config import load_config
+from participant.search_errors import ModelNotReady, SearchRefused
 from participant.site import SiteMismatch
 from pfmh_model.errors import ModelError
 from proto.settings import SettingsError
@@ -38,9 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--ca", required=True, type=Path, help="the federation CA certificate (PEM)")
     search = sub.add_parser("search", help="search this site's archive with the learned binary codes")
     search.add_argument("--config", required=True, type=Path, help="site.toml")
+    search.add_argument("--query-file", type=Path, default=None,
+                        help="HDF5 record file of new records (I and/or T, optional ids; docs/RETRIEVAL.md)")
     search.add_argument("--query", type=int, nargs="*", default=None,
-                        help="row numbers of the site's own query split (default: all, reporting mAP)")
+                        help="instead: row numbers of the site's own query split (none given: all, reporting mAP)")
     search.add_argument("-k", type=int, default=10, help="results per query")
+    search.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    from participant.archive_cli import add_archive_commands
+
+    add_archive_commands(sub)
     try:
         from participant.budget_cli import add_budget_command
     except ImportError:  # pragma: no cover
@@ -100,40 +107,9 @@ def install(args: argparse.Namespace) -> int:
 
 
 def search(args: argparse.Namespace) -> int:
-    from pfmh_model.data import load_h5
-    from pfmh_model.evaluation import mean_average_precision
-    from pfmh_model.hamming_index import HammingIndex
-    from pfmh_model.trainer_factory import make_trainer
-    from proto.settings import FederationSettings
+    from participant.search_cli import run_search
 
-    cfg = load_config(args.config)
-    base = args.config.resolve().parent
-    state = base / cfg.state_dir
-    if not (state / "index.npz").is_file() or not (state / "trainer.pt").is_file():
-        raise SettingsError(f"no trained model in {state}: run `pfmh-participant join` first")
-    settings = FederationSettings.from_json((state / "settings.json").read_text())
-    data = load_h5(base / cfg.data)
-    trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                           num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd,
-                           method=settings.method, fedhap=settings.fedhap)
-    trainer.load_snapshot(state / "trainer.pt")
-    index = HammingIndex.load(state / "index.npz")
-    rows = np.arange(len(data.query)) if args.query is None else np.asarray(args.query, dtype=np.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= len(data.query)):
-        raise SettingsError(f"--query rows must be within 0..{len(data.query) - 1}")
-    queries = data.query.subset(rows)
-    codes = trainer.encode(queries, model="shared")
-    result = index.search(codes, args.k)
-    for row, idx, dist in zip(rows[:20], result.indices[:20], result.distances[:20], strict=False):
-        hits = [f"{int(i)}(d={int(d)})" for i, d in zip(idx, dist, strict=True)]
-        print(f"query {int(row)}: " + " ".join(hits))
-    if len(rows) > 20:
-        print(f"... {len(rows) - 20} more queries")
-    if args.query is None and len(rows):
-        value = mean_average_precision(codes, trainer.encode(data.database, model="shared"), queries.labels,
-                                       data.database.labels)
-        print(f"mAP of {len(rows)} own queries against own archive ({len(index)} codes): {value:.4f}")
-    return 0
+    return run_search(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             return search(args)
         if args.command in ("enroll", "install"):
             return enroll(args) if args.command == "enroll" else install(args)
+        if args.command in ("archive", "serve-search"):
+            from participant.archive_cli import run_archive_command
+            return run_archive_command(args)
         from participant.budget_cli import run_budget
         return run_budget(args)
     except (SettingsError, SecurityError, OSError, ModelError, SiteMismatch, CoordinatorError,
-            CoordinatorUnreachable) as exc:
+            CoordinatorUnreachable, ArchiveError, SearchRefused, ModelNotReady) as exc:
         print(f"pfmh-participant: error: {exc}", file=sys.stderr)
         return 2
 

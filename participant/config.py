@@ -39,6 +39,25 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class SearchService:
+    """``[search]``: the site's own search server (``pfmh-participant serve-search``)."""
+
+    listen: str = "127.0.0.1:50061"
+    client_ca: str = ""            # CA that certifies the clients allowed to search (need not be the federation's)
+    cert: str = ""                 # server certificate (needs the serverAuth usage: `pfmh-ca issue --role
+    key: str = ""                  # coordinator` from the site's own CA) and its key
+    server_name: str = "localhost"  # only used by clients: a DNS name in the server certificate
+    metrics_listen: str = ""       # "127.0.0.1:9466" exposes the search metrics; empty: off
+    reload_s: float = 5.0          # how often it looks for a new model snapshot or archive generation
+    grace_s: float = 5.0           # SIGTERM: in-flight searches get this long to finish
+    max_workers: int = 8
+
+    def __post_init__(self) -> None:
+        if self.reload_s <= 0 or self.grace_s < 0 or self.max_workers < 1:
+            raise ValueError("search: reload_s must be > 0, grace_s >= 0 and max_workers >= 1")
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     site: str
     federation_id: str
@@ -52,6 +71,7 @@ class SiteConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     metrics_listen: str = ""       # "127.0.0.1:9465" exposes this site's metrics; empty: off
     rpc_timeout_s: float = 30.0
+    search: SearchService = field(default_factory=SearchService)
 
     def __post_init__(self) -> None:
         if not SITE_NAME.match(self.site):

@@ -33,11 +33,11 @@ from torch import nn
 from participant.privacy import DP_SGD_MECHANISM, ENCODER_MECHANISM, Release
 from pfmh_model.data import Split
 from pfmh_model.fedhap import FedHAPTrainer, prototype_loss
-from pfmh_model.losses import prototype_contrastive_loss, quantization_loss
+from pfmh_model.losses import prototype_contrastive_loss, quantization_loss_per_record
 from pfmh_model.training import SiteTrainer
 from security.dp_sampling import poisson_sample
 
-# (codes of the sampled records, their labels) -> mean per-record loss
+# (codes of the sampled records (n, b), their labels (n, C)) -> each record's own loss (n,)
 PerRecordLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -52,7 +52,8 @@ def planned_release(trainer: SiteTrainer, n_records: int, *, noise_multiplier: f
 def _anchor_loss(trainer: SiteTrainer, prototypes: np.ndarray) -> PerRecordLoss:
     cfg, p = trainer.config, torch.from_numpy(np.asarray(prototypes, dtype=np.float32))
     return lambda codes, labels: (cfg.weights.contrastive * prototype_contrastive_loss(
-        codes, labels, p, temperature=cfg.temperature) + cfg.weights.quantization * quantization_loss(codes))
+        codes, labels, p, temperature=cfg.temperature, per_record=True)
+        + cfg.weights.quantization * quantization_loss_per_record(codes))
 
 
 def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: PerRecordLoss, release: Release,
@@ -73,25 +74,22 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
     text = torch.from_numpy(np.ascontiguousarray(split.text, dtype=np.float32))
     labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
     noise_generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    # Dropout masks are handed out by position in the lot, so adding a record shifts the masks of the records
+    # after it; secret i.i.d. masks keep that shift invisible (the public trainer generator would not).
+    mask_generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
     expected_batch = max(1, round(release.sample_rate * n))
     sampled = GradSampleModule(model)
     optimizer = DPOptimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr),
                             noise_multiplier=release.noise_multiplier, max_grad_norm=max_grad_norm,
                             expected_batch_size=expected_batch, loss_reduction="mean", generator=noise_generator)
     sampled.train()
-    # Opacus hooks warn that inputs need no gradient; features are data, so that is expected.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     try:
-        for _ in range(release.steps):
-            idx = torch.from_numpy(poisson_sample(n, release.sample_rate))
-            optimizer.zero_grad(set_to_none=True)
-            if idx.numel() == 0:  # the mechanism's step on an empty lot: noise only
-                _noise_only_step(optimizer, model, std=release.noise_multiplier * max_grad_norm,
-                                 expected_batch=expected_batch, generator=noise_generator)
-                continue
-            codes = sampled(image[idx], text[idx], generator=trainer.generator)  # dropout masks need no secrecy
-            loss_fn(codes, labels[idx]).backward()
-            optimizer.step()
+        with warnings.catch_warnings():
+            # Opacus hooks warn that inputs need no gradient; features are data, so that is expected.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            for _ in range(release.steps):
+                _step(optimizer, sampled, model, image, text, labels, loss_fn, release, n=n, mask=mask_generator,
+                      noise=noise_generator, expected_batch=expected_batch, max_grad_norm=max_grad_norm)
     finally:
         sampled._close()  # remove Opacus hooks; the plain module stays where it was
         for param in model.parameters():
@@ -100,6 +98,22 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
                     delattr(param, attr)
     model.eval()
     return release
+
+
+def _step(optimizer, sampled: nn.Module, model: nn.Module, image: torch.Tensor, text: torch.Tensor,  # noqa: ANN001
+          labels: torch.Tensor, loss_fn: PerRecordLoss, release: Release, *, n: int, mask: torch.Generator,
+          noise: torch.Generator, expected_batch: int, max_grad_norm: float) -> None:
+    """One DP-SGD step on a fresh secret Poisson lot."""
+    idx = torch.from_numpy(poisson_sample(n, release.sample_rate))
+    optimizer.zero_grad(set_to_none=True)
+    if idx.numel() == 0:  # the mechanism's step on an empty lot: noise only
+        _noise_only_step(optimizer, model, std=release.noise_multiplier * max_grad_norm,
+                         expected_batch=expected_batch, generator=noise)
+        return
+    codes = sampled(image[idx], text[idx], generator=mask)
+    # The mean over the whole lot: Opacus' "mean" reduction then gives each record its own gradient.
+    loss_fn(codes, labels[idx]).mean().backward()
+    optimizer.step()
 
 
 def _noise_only_step(optimizer, model: nn.Module, *, std: float, expected_batch: int,  # noqa: ANN001
@@ -145,6 +159,7 @@ def train_fedhap_dp_sgd(trainer: FedHAPTrainer, split: Split, *, global_codes: n
     w, codes_p = trainer.fedhap, torch.from_numpy(np.asarray(global_codes, dtype=np.float32))
 
     def loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return w.prototype * prototype_loss(h, y, codes_p) + w.quantization * quantization_loss(h)
+        return (w.prototype * prototype_loss(h, y, codes_p, per_record=True)
+                + w.quantization * quantization_loss_per_record(h))
 
     return train_dp_sgd(trainer, trainer.shared, split, loss, release, max_grad_norm=max_grad_norm)

@@ -132,8 +132,8 @@ class LocalRelease:
         return releases
 
     def not_covered(self) -> str:
-        """What this round's upload carries without DP (written into the ledger)."""
-        gaps = []
+        """What leaves the site this round without DP (written into the ledger); docs/PRIVACY.md section 4."""
+        gaps = ["the record count and feature sizes sent at join", "the per-site mAP reported each round"]
         if self.settings.uses_prototypes and not self.dp:
             gaps.append("prototype statistics (DP off)")
         if self.layout.model_size and not self.shared_dp_sgd:

@@ -125,7 +125,7 @@ class SitePrivacy:
                 **({"noise_cohort": noise_cohort, "colluding_sites": self.policy.colluding_sites}
                    if r.mechanism == PROTOTYPE_MECHANISM and self.mode is NoiseMode.DISTRIBUTED else {}),
                 "not_covered": what_without_dp or "nothing else leaves the site in this round"})
-        if what_without_dp and not releases:
+        if what_without_dp and not releases and not self.enabled:
             self.ledger.append({"kind": "upload_without_dp", "round": round_number, "what": what_without_dp})
         return self.spent
 

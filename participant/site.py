@@ -20,14 +20,14 @@ from prometheus_client import CollectorRegistry
 
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
 from participant.config import SiteConfig
+from participant.ledger_sync import LedgerReporter, require_coordinator_head
 from participant.local_release import LocalRelease, load_frozen_encoder
 from participant.metrics import SiteMetrics
-from participant.privacy import SitePrivacy
+from participant.privacy import PROTOTYPE_MECHANISM, SitePrivacy
 from pfmh_model.aggregation import UploadLayout
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
-from pfmh_model.hamming_index import HammingIndex
 from pfmh_model.local_round import site_batch_seed
 from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
@@ -96,6 +96,7 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
         self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
@@ -120,6 +121,7 @@ class SiteDaemon:
         if self.cfg.site not in reply.enrolled_sites:
             raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
         self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
+        self.coordinator_head = (reply.ledger_entries, reply.ledger_head_hash)
         with atomic_path(self.state_dir / "settings.json") as tmp:  # for `search` after the run
             tmp.write_text(reply.settings_json)
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
@@ -145,6 +147,15 @@ class SiteDaemon:
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site)
+        try:  # a cut or restored ledger would rebuild a smaller epsilon: refuse before training
+            entries, head_hash = self.coordinator_head
+            require_coordinator_head(self.privacy.ledger, entries=entries, head_hash=head_hash,
+                                     path=self.state_dir / "ledger.jsonl")
+        except SecurityError:
+            self.privacy.close()
+            raise
+        self.ledger_reporter = LedgerReporter(self.client, settings.federation_id, self.privacy.ledger,
+                                              verified=self.coordinator_head[0])
         self.release = LocalRelease(settings, self.trainer, self.privacy, self.layout,
                                     frozen_encoder=self.frozen_encoder)
         self.privacy.encoder_chain = self.release.chain
@@ -159,7 +170,7 @@ class SiteDaemon:
             colluders=None if settings.secagg.colluders < 0 else settings.secagg.colluders,
             consistency_check=settings.secagg.consistency_check)
         self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=self.secagg_config)
-        self.after_round = 0
+        self.after_round = self.completed_rounds = 0
         self._restore()
 
     def _restore(self) -> None:
@@ -169,6 +180,7 @@ class SiteDaemon:
             return
         progress = self.trainer.load_snapshot(snapshot)
         self.after_round = int(progress.get("after_round", 0))
+        self.completed_rounds = int(progress.get("completed_rounds", 0))
         if progress.get("prototypes") is not None:
             self.prototypes = np.asarray(progress["prototypes"], dtype=np.float64)
         logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
@@ -176,7 +188,8 @@ class SiteDaemon:
     def _checkpoint(self) -> None:
         # One file, so the round counter and prototypes can never disagree with the weights.
         self.trainer.save_snapshot(self.state_dir / "trainer.pt", extra={
-            "after_round": self.after_round, "prototypes": self.prototypes.tolist()})
+            "after_round": self.after_round, "completed_rounds": self.completed_rounds,
+            "prototypes": self.prototypes.tolist()})
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -256,6 +269,11 @@ class SiteDaemon:
         releases = self.release.planned(len(self.data.train))
         self.privacy.check(releases, number)  # refuse before training, and before anything leaves
         cohort_m = self._noise_cohort(len(config.cohort))
+        # DP-SGD is charged when it runs: an abandoned round still leaves its trained encoder, whose outputs
+        # the next upload releases.
+        training = [r for r in releases if r.mechanism != PROTOTYPE_MECHANISM]
+        if training:
+            self.privacy.record(training, number, what_without_dp=self.release.not_covered())
         vector = self._train(cohort_m)
         advert = self.secagg.advertise(number, list(config.cohort))
         self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
@@ -270,7 +288,8 @@ class SiteDaemon:
             pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]))
         inbox = self.client.poll("GetShares", query, deadline_s=2 * config.phase_timeout_s)
         received = [EncryptedShare(fed, number, s.sender, s.recipient, s.nonce, s.ciphertext) for s in inbox.shares]
-        epsilon = self.privacy.record(releases, number, what_without_dp=self.release.not_covered(),
+        epsilon = self.privacy.record([r for r in releases if r.mechanism == PROTOTYPE_MECHANISM], number,
+                                      what_without_dp=self.release.not_covered(),
                                       noise_cohort=cohort_m)  # before release
         masked = self.secagg.masked_input(received, vector)
         self.client.call("SubmitMaskedInput", pb.MaskedInputRequest(
@@ -285,6 +304,7 @@ class SiteDaemon:
         result = self.client.poll("GetRoundResult", query, deadline_s=2 * config.phase_timeout_s)
         self.privacy.record_sum(number, contributors=len(request.survivors), noise_cohort=cohort_m)
         self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
+        self.completed_rounds += 1
         map_value = self.evaluate()
         self._report(number, map_value)
         self.metrics.rounds.labels("completed").inc()
@@ -346,14 +366,10 @@ class SiteDaemon:
             federation_id=self.settings.federation_id, round=number, bits=self.trainer.config.bits,
             map=map_value if map_value is not None else 0.0, epsilon_spent=self.privacy.spent,
             epsilon_max=self.privacy.epsilon_max, noise_multiplier=self.settings.privacy.noise_multiplier))
-        self.client.call("ReportLedger", pb.LedgerReport(federation_id=self.settings.federation_id,
-                                                         lines=self.privacy.ledger.export_lines()))
+        self.ledger_reporter.report()  # only the entries the coordinator has not verified yet
 
     def build_index(self) -> Path:
-        """Binary codes of this site's archive with the final shared model, for ``pfmh-participant search``."""
-        index = HammingIndex(self.trainer.config.bits)
-        index.add(self.trainer.encode(self.data.database, model="shared"))
-        path = self.state_dir / "index.npz"
-        index.save(path)
-        logger.info("%s: archive index of %d codes written to %s", self.cfg.site, len(index), path)
-        return path
+        """The site's archive (``participant.archive``) under the final shared model, for search."""
+        from participant.archive_ops import index_after_federation
+
+        return index_after_federation(self.state_dir, self.data)

@@ -7,6 +7,10 @@ sample); ours are row = sample. ``load_h5`` accepts both and decides per split: 
 n is the dimension the label matrix shares with both feature matrices (the larger one if both do,
 since a label matrix is (n, C) with C < n); every array is then turned so that axis 0 has length n.
 What it found is logged at INFO. ``save_h5`` always writes row = sample, gzip, atomically.
+
+Record ids (optional): ``ids_tr``, ``ids_db`` and ``ids_te`` are 1-D string datasets (UTF-8, at
+most ``MAX_ID_BYTES`` bytes each, unique within the split) naming each record of that split, row
+for row. Without them a split's ``ids`` is None and callers name records by row number.
 """
 from __future__ import annotations
 
@@ -31,6 +35,28 @@ SPLIT_KEYS: dict[str, tuple[str, str, str]] = {
     "database": ("I_db", "T_db", "L_db"),
     "query": ("I_te", "T_te", "L_te"),
 }
+ID_KEYS: dict[str, str] = {"train": "ids_tr", "database": "ids_db", "query": "ids_te"}
+MAX_ID_BYTES = 128
+
+
+def check_ids(ids: object, n: int, where: str) -> np.ndarray:
+    """Record ids as a (n,) array of str, or a DataError naming ``where``.
+
+    Raises:
+        DataError: not 1-D of length n, an empty or over-long id, or a duplicate.
+    """
+    raw = np.asarray(ids)
+    if raw.ndim != 1 or raw.shape[0] != n:
+        raise DataError(f"{where}: record ids have shape {raw.shape}, expected ({n},): one id per record")
+    out = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in raw.tolist()], dtype=object)
+    bad = [v for v in out if not v or len(v.encode("utf-8")) > MAX_ID_BYTES]
+    if bad:
+        raise DataError(f"{where}: record id {bad[0]!r} is empty or longer than {MAX_ID_BYTES} bytes")
+    values, counts = np.unique(out.astype(str), return_counts=True)
+    if n and counts.max() > 1:
+        dup = str(values[int(np.argmax(counts))])
+        raise DataError(f"{where}: record id {dup!r} appears more than once; ids must be unique")
+    return out
 
 
 @dataclass(frozen=True)
@@ -38,17 +64,20 @@ class Split:
     """One of train / database / query: aligned image features, text features and labels.
 
     Arrays are cast to C-contiguous float32 on construction (no copy when they already are).
+    ``ids`` optionally names each record (unique strings); None means records are known by row.
 
     Shape:
         image: (n, d_img) float32. text: (n, d_txt) float32. labels: (n, C) float32 in {0, 1}.
+        ids: (n,) object array of str, or None.
 
     Raises:
-        DataError: an array is not 2-D, or the three row counts differ.
+        DataError: an array is not 2-D, the three row counts differ, or the ids are invalid.
     """
 
     image: np.ndarray
     text: np.ndarray
     labels: np.ndarray
+    ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for field in ("image", "text", "labels"):
@@ -60,13 +89,16 @@ class Split:
         if len(rows) != 1:
             raise DataError(f"Split rows differ: image {self.image.shape}, text {self.text.shape}, labels "
                             f"{self.labels.shape}; all three need one row per record")
+        if self.ids is not None:
+            object.__setattr__(self, "ids", check_ids(self.ids, len(self.image), "Split.ids"))
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
 
     def subset(self, index: np.ndarray) -> Split:
         """Rows ``index`` (int positions or a boolean mask of length n) as a new Split (copies)."""
-        return Split(image=self.image[index], text=self.text[index], labels=self.labels[index])
+        ids = None if self.ids is None else self.ids[index]
+        return Split(image=self.image[index], text=self.text[index], labels=self.labels[index], ids=ids)
 
 
 @dataclass(frozen=True)
@@ -209,7 +241,11 @@ def load_h5(path: str | os.PathLike[str]) -> MultiModalDataset:
         for split, keys in SPLIT_KEYS.items():
             arrays = _orient(path, split, {k: np.asarray(f[k][()]) for k in keys})
             _check_values(path, split, arrays)
-            splits[split] = Split(*(arrays[k] for k in keys))
+            ids = None
+            if isinstance(f.get(ID_KEYS[split]), h5py.Dataset):
+                n = len(arrays[keys[2]])
+                ids = check_ids(f[ID_KEYS[split]][()], n, f"{path}: dataset {ID_KEYS[split]}")
+            splits[split] = Split(arrays[keys[0]], arrays[keys[1]], arrays[keys[2]], ids=ids)
             del arrays
         try:
             dataset = MultiModalDataset(name, splits["train"], splits["database"], splits["query"])
@@ -245,3 +281,5 @@ def save_h5(dataset: MultiModalDataset, path: str | os.PathLike[str]) -> None:
                 rows = min(len(arr), max(1, _CHUNK_BYTES // (arr.itemsize * arr.shape[1])))
                 f.create_dataset(key, data=arr, compression="gzip", compression_opts=1,
                                  chunks=(rows, arr.shape[1]))
+            if part.ids is not None:
+                f.create_dataset(ID_KEYS[split], data=list(part.ids), dtype=h5py.string_dtype("utf-8"))

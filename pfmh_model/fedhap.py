@@ -83,24 +83,30 @@ class Discriminator(nn.Module):
         return self.net(codes).squeeze(-1)
 
 
-def prototype_loss(codes: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+def prototype_loss(codes: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, *,
+                   per_record: bool = False) -> torch.Tensor:
     """L_proto: bitwise BCE between (1 + h) / 2 and the record's target (1 + t) / 2 (module docstring).
 
     (1 + h) / 2 is clamped to [1e-6, 1 - 1e-6]. Records without labels are left out; if none has
     one the loss is 0 (still attached to the graph). Prototypes are constants.
 
+    ``per_record`` returns each record's mean over its bits (0 for a record without labels) instead of
+    the mean over labelled records: DP-SGD needs it, since that mean couples the records of a batch.
+
     Shape:
         - codes: (n, b) float in (-1, 1); labels: (n, C) {0, 1}; prototypes: (C, b) +-1
-        - output: () scalar
+        - output: () scalar, or (n,) with ``per_record``
     """
     pos = (labels > 0).to(codes.dtype)
     n_pos = pos.sum(dim=1, keepdim=True)
     has = n_pos.squeeze(1) > 0
-    if not bool(has.any()):
-        return codes.sum() * 0.0
     target = (1.0 + (pos @ prototypes.detach().to(codes.dtype)) / n_pos.clamp(min=1.0)) / 2.0
     q = ((1.0 + codes) / 2.0).clamp(_EPS, 1.0 - _EPS)
     bce = -(target * torch.log(q) + (1.0 - target) * torch.log1p(-q))
+    if per_record:
+        return bce.mean(dim=1) * has.to(codes.dtype)
+    if not bool(has.any()):
+        return codes.sum() * 0.0
     return bce[has].mean()
 
 

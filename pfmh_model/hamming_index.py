@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pfmh_model.atomic_file import atomic_path
+from pfmh_model.distinct_codes import DistinctCodes, worth_grouping
 from pfmh_model.errors import ConfigError, DataError
 from pfmh_model.multi_index import MultiIndexHashing
 from pfmh_model.packed_codes import WORD_BITS, check_packed, pack_codes, words_for
@@ -15,7 +16,9 @@ from pfmh_model.retrieval import SearchResult, chunk_rows, search_transposed
 
 # From this archive size on, HammingIndex searches with multi-index hashing: on learned (clustered)
 # codes it ran 14x faster than the linear scan at 1e6 codes, on uniform random codes as fast; at
-# 1e5 it was slower on random codes (docs/BENCHMARKS.md, "Retrieval speed").
+# 1e5 it was slower on random codes (docs/BENCHMARKS.md, "Retrieval speed"). From the same size
+# on, an archive whose codes repeat a lot (at most 1 in 8 distinct, judged on a sample) is searched
+# through its distinct codes instead (pfmh_model.distinct_codes).
 MIH_MIN_ARCHIVE = 250_000
 
 
@@ -23,8 +26,9 @@ class HammingIndex:
     """A site's archive of binary codes: append codes, exact top-k search, atomic save and load.
 
     Codes are stored packed (8 bytes per 64 bits). Search is ``retrieval.search``'s exact linear scan, or
-    from ``MIH_MIN_ARCHIVE`` codes on exact multi-index hashing (built on the first search after an
-    ``add``); both give the same answer. Result positions are the order in which codes were added,
+    from ``MIH_MIN_ARCHIVE`` codes on exact multi-index hashing, or the distinct-code search when
+    codes repeat (built on the first search after an ``add``, or by :meth:`prepare`); all give the
+    same answer. Result positions are the order in which codes were added,
     starting at 0.
 
     Args:
@@ -36,13 +40,59 @@ class HammingIndex:
 
     _FORMAT = 1
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, *, build_on_search: bool = True) -> None:
         if bits < 1:
             raise ConfigError(f"bits must be >= 1, got {bits}; use the model's code length")
         self.bits = int(bits)
+        self.build_on_search = build_on_search  # False: the linear scan answers until prepare() is done
         self._blocks: list[np.ndarray] = []
         self._archive_t: np.ndarray | None = None
-        self._mih: MultiIndexHashing | None = None  # over the current archive, built lazily
+        self._fast: MultiIndexHashing | DistinctCodes | None = None  # over the current archive, built lazily
+
+    @classmethod
+    def from_word_major(cls, archive_t: np.ndarray, bits: int, *, build_on_search: bool = False) -> HammingIndex:
+        """An index over word-major packed codes (``packed.T``, e.g. a memory-mapped file), without a copy.
+
+        The linear scan reads ``archive_t`` in place, so opening costs nothing beyond the mapping;
+        multi-index tables (from ``MIH_MIN_ARCHIVE`` codes) are built by :meth:`prepare`, and until
+        then (with ``build_on_search`` False) the linear scan answers, with the same results.
+
+        Shape:
+            - archive_t: (ceil(bits / 64), n) uint64, C-contiguous
+
+        Raises:
+            DataError: the array is not word-major packed codes of ``bits`` bits.
+        """
+        index = cls(bits, build_on_search=build_on_search)
+        archive_t = np.asarray(archive_t)
+        if archive_t.ndim != 2 or archive_t.dtype != np.uint64 or archive_t.shape[0] != words_for(bits) \
+                or not archive_t.flags.c_contiguous:
+            raise DataError(f"word-major codes must be C-contiguous uint64 ({words_for(bits)}, n), got "
+                            f"{archive_t.dtype} {archive_t.shape}")
+        index._blocks = [archive_t.T]
+        index._archive_t = archive_t
+        return index
+
+    @property
+    def method(self) -> str:
+        """What answers searches now: "linear scan", "multi-index hashing" or "distinct codes"."""
+        fast = self._fast
+        if fast is None:
+            return "linear scan"
+        return "distinct codes" if isinstance(fast, DistinctCodes) else "multi-index hashing"
+
+    @property
+    def ready(self) -> bool:
+        """True when searches use the fastest structure this archive size calls for."""
+        return len(self) < MIH_MIN_ARCHIVE or self._fast is not None
+
+    def prepare(self) -> None:
+        """Build the multi-index tables now when the archive is large enough to use them (thread-safe to call
+        while other threads search: they switch to the tables once built)."""
+        if len(self) >= MIH_MIN_ARCHIVE and self._fast is None:
+            packed = self.packed
+            self._fast = DistinctCodes(packed, self.bits) if worth_grouping(packed) else \
+                MultiIndexHashing(packed, self.bits)
 
     def __len__(self) -> int:
         return sum(block.shape[0] for block in self._blocks)
@@ -62,7 +112,7 @@ class HammingIndex:
         """
         self._blocks.append(self._pack_checked(codes, "codes"))
         self._archive_t = None
-        self._mih = None
+        self._fast = None
 
     @property
     def packed(self) -> np.ndarray:
@@ -80,13 +130,25 @@ class HammingIndex:
             - query_codes: (q, bits)
             - output: SearchResult with (q, min(k, len(self))) arrays
         """
+        return self.search_packed(self._pack_checked(query_codes, "query_codes"), k, chunk_size=chunk_size)
+
+    def search_packed(self, query_packed: np.ndarray, k: int, *, chunk_size: int | None = None) -> SearchResult:
+        """:meth:`search` with queries already packed (``packed_codes.pack_codes``).
+
+        Shape:
+            - query_packed: (q, ceil(bits / 64)) uint64
+        """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}; ask for at least one neighbour")
-        query_packed = self._pack_checked(query_codes, "query_codes")
+        query_packed = check_packed(query_packed, "query_packed")
+        if query_packed.shape[1] != words_for(self.bits):
+            raise DataError(f"query codes have {query_packed.shape[1]} words, this index holds {self.bits}-bit codes")
         if len(self) >= MIH_MIN_ARCHIVE and len(query_packed):
-            if self._mih is None:
-                self._mih = MultiIndexHashing(self.packed, self.bits)
-            return self._mih.search(query_packed, k=k)
+            if self._fast is None and self.build_on_search:
+                self.prepare()
+            fast = self._fast
+            if fast is not None:
+                return fast.search(query_packed, k=k)
         if self._archive_t is None:
             self._archive_t = np.ascontiguousarray(self.packed.T)
         return search_transposed(query_packed, self._archive_t, k, chunk_rows(len(self), chunk_size))

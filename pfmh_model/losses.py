@@ -80,6 +80,11 @@ def similarity_loss(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(hn @ hn.T, label_affinity(labels).to(codes.dtype))
 
 
+def quantization_loss_per_record(codes: torch.Tensor) -> torch.Tensor:
+    """Each record's L_q: mean over its b bits of (h - sign(h))^2; shape (n, b) -> (n,)."""
+    return ((codes - torch.sign(codes).detach()) ** 2).mean(dim=1)
+
+
 def quantization_loss(codes: torch.Tensor) -> torch.Tensor:
     """L_q = MSE(h, sign(h)) with sign(h) detached: 0 exactly when every entry is +-1.
 
@@ -102,7 +107,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 def prototype_contrastive_loss(codes: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, *,
                                class_mask: torch.Tensor | None = None,
-                               temperature: float = 0.07) -> torch.Tensor:
+                               temperature: float = 0.07, per_record: bool = False) -> torch.Tensor:
     """Multi-label supervised-contrastive loss between codes and class prototypes.
 
     With z_i = h_i / ||h_i||, p_c = P_c / ||P_c||, s_ic = z_i . p_c / tau, the candidate classes
@@ -123,10 +128,12 @@ def prototype_contrastive_loss(codes: torch.Tensor, labels: torch.Tensor, protot
         prototypes: class prototypes (any scale; normalised here).
         class_mask: classes allowed as candidates; ``None`` means all.
         temperature: tau > 0.
+        per_record: return each record's term (0 for records without a positive candidate) instead of
+            the mean over I; DP-SGD needs it, since dividing by |I| couples the records of a batch.
 
     Shape:
         - codes: (n, b) float; labels: (n, C) {0, 1}; prototypes: (C, b); class_mask: (C,) bool
-        - output: () scalar
+        - output: () scalar, or (n,) with ``per_record``
 
     Raises:
         OptionError: temperature <= 0.
@@ -150,7 +157,9 @@ def prototype_contrastive_loss(codes: torch.Tensor, labels: torch.Tensor, protot
     pos = positive.to(codes.dtype)
     n_pos = pos.sum(dim=1)
     has_pos = n_pos > 0
+    terms = (per_pair * pos).sum(dim=1) / n_pos.clamp(min=1.0)
+    if per_record:
+        return terms * has_pos.to(codes.dtype)
     if not bool(has_pos.any()):
         return codes.sum() * 0.0
-    per_record = (per_pair * pos).sum(dim=1) / n_pos.clamp(min=1.0)
-    return per_record[has_pos].mean()
+    return terms[has_pos].mean()

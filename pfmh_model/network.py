@@ -138,7 +138,7 @@ class HashNet(nn.Module):
                 module.reset_parameters()
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, *,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, present: torch.Tensor | None = None) -> torch.Tensor:
         """Continuous hash codes of a batch of records.
 
         Args:
@@ -147,6 +147,9 @@ class HashNet(nn.Module):
             generator: source of dropout masks in training mode. ``None`` falls back to torch's
                 global RNG (only for external wrappers); :class:`~pfmh_model.training.SiteTrainer`
                 always passes its own. Ignored in eval mode.
+            present: optional 0/1 mask of the modalities each record has (column 0 image, column 1
+                text); an absent modality's gate is closed, so its features do not reach the code.
+                ``None``: both present.
 
         Returns:
             Codes h in (-1, 1); the binary code is ``binarize(h)``.
@@ -154,12 +157,16 @@ class HashNet(nn.Module):
         Shape:
             - image: (n, image_dim) float32
             - text: (n, text_dim) float32
+            - present: (n, 2) float32 in {0, 1}, or None
             - output: (n, bits) float32
             n >= 2 in training mode (BatchNorm); any n >= 1 in eval mode.
         """
         f_img = self.image_branch(image, generator)
         f_txt = self.text_branch(text, generator)
-        fused = self.image_gate(f_img) * f_img + self.text_gate(f_txt) * f_txt
+        g_img, g_txt = self.image_gate(f_img), self.text_gate(f_txt)
+        if present is not None:  # a missing modality's gate is closed
+            g_img, g_txt = g_img * present[:, :1], g_txt * present[:, 1:]
+        fused = g_img * f_img + g_txt * f_txt
         z = F.relu(self.expand(self.fusion(fused)))
         z = F.relu(self.neck_out(self.neck_drop(F.relu(self.neck_in(z)), generator)))
         return torch.tanh(self.head(z))

@@ -80,6 +80,9 @@ class TrainConfig:
     hidden: int = 256
     dropout: float = 0.1
     seed: int = 0
+    # Fraction of training records that have one modality (image or text, evenly) hidden by closing
+    # its gate, so codes stay usable when a query lacks one. 0 draws nothing (training unchanged).
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         ints = (("bits", 8), ("batch_size", 2), ("personal_epochs", 0), ("shared_epochs", 0), ("width", 1),
@@ -97,6 +100,8 @@ class TrainConfig:
                               "number >= 0")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise OptionError(f"TrainConfig.dropout={self.dropout!r} is invalid: need 0 <= dropout < 1")
+        if not isinstance(self.modality_dropout, (int, float)) or not 0.0 <= self.modality_dropout <= 1.0:
+            raise OptionError(f"TrainConfig.modality_dropout={self.modality_dropout!r} is invalid: need 0..1")
         if not isinstance(self.weights, LossWeights):
             raise OptionError(f"TrainConfig.weights is {type(self.weights).__name__}: need LossWeights")
 
@@ -181,6 +186,18 @@ class SiteTrainer:
             chunks[-2:] = [torch.cat(chunks[-2:])]
         return iter(chunks)
 
+    def _modality_mask(self, n: int) -> torch.Tensor | None:
+        """(n, 2) present-modality mask for one batch under ``config.modality_dropout`` (None when 0)."""
+        p = self.config.modality_dropout
+        if p == 0:
+            return None
+        draw = torch.rand(n, 2, generator=self.generator)
+        hidden, image_side = draw[:, 0] < p, draw[:, 1] < 0.5
+        mask = torch.ones(n, 2)
+        mask[hidden & image_side, 0] = 0.0
+        mask[hidden & ~image_side, 1] = 0.0
+        return mask
+
     def _step(self, model: nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,7 +220,7 @@ class SiteTrainer:
             totals = dict.fromkeys(terms, 0.0)
             steps = 0
             for idx in self._batches(img.shape[0]):
-                codes = model(img[idx], txt[idx], generator=self.generator)
+                codes = model(img[idx], txt[idx], generator=self.generator, present=self._modality_mask(len(idx)))
                 parts = {k: fn(codes, idx, lab[idx]) for k, (_, fn) in terms.items()}
                 self._step(model, opt, _weighted_sum(terms, parts))
                 for k, v in parts.items():
@@ -274,11 +291,15 @@ class SiteTrainer:
 
     # ----------------------------------------------------------------- codes
     def encode(self, data: Records | tuple[np.ndarray, np.ndarray], *,
-               model: Literal["shared", "personal"] = "shared", batch_size: int = 4096) -> np.ndarray:
+               model: Literal["shared", "personal"] = "shared", batch_size: int = 4096,
+               present: np.ndarray | None = None) -> np.ndarray:
         """Continuous codes in eval mode without gradients.
+
+        ``present`` marks the modalities each record has (see ``HashNet.forward``); None: both.
 
         Shape:
             - data: a split (image (n, image_dim), text (n, text_dim)) or the tuple (image, text)
+            - present: (n, 2) bool (image, text), or None
             - output: (n, bits) float32
         """
         img, txt = data if isinstance(data, tuple) else (data.image, data.text)
@@ -286,9 +307,13 @@ class SiteTrainer:
         if net is None:
             raise OptionError(f"model={model!r} is invalid: use 'shared' or 'personal'")
         image, text = _as_tensor(img), _as_tensor(txt)
+        mask = None if present is None else _as_tensor(present)
+        if mask is not None and tuple(mask.shape) != (image.shape[0], 2):
+            raise DataError(f"present has shape {tuple(mask.shape)}, expected ({image.shape[0]}, 2)")
         net.eval()
         with torch.no_grad():
-            out = [net(image[s:s + batch_size], text[s:s + batch_size])
+            out = [net(image[s:s + batch_size], text[s:s + batch_size],
+                       present=None if mask is None else mask[s:s + batch_size])
                    for s in range(0, image.shape[0], batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.config.bits), np.float32)
 
@@ -333,7 +358,9 @@ class SiteTrainer:
         """
         if state.get("format") != "pfmh-site-trainer/1":
             raise StateMismatch(f"snapshot format {state.get('format')!r} is not 'pfmh-site-trainer/1'")
-        if state.get("config") != asdict(self.config):
+        # A snapshot from before modality_dropout existed trained without it (its default, 0).
+        saved = {"modality_dropout": 0.0, **(state.get("config") or {})}
+        if saved != asdict(self.config):
             raise StateMismatch(f"snapshot config {state.get('config')} differs from {asdict(self.config)}; "
                                 "build the trainer with the snapshot's TrainConfig")
         try:

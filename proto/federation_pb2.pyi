@@ -45,18 +45,22 @@ class JoinRequest(_message.Message):
     def __init__(self, federation_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., num_train_records: _Optional[int] = ..., image_dim: _Optional[int] = ..., text_dim: _Optional[int] = ..., num_classes: _Optional[int] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("federation_id", "protocol_version", "settings_json", "enrolled_sites", "next_round")
+    __slots__ = ("federation_id", "protocol_version", "settings_json", "enrolled_sites", "next_round", "ledger_entries", "ledger_head_hash")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
     ENROLLED_SITES_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     protocol_version: int
     settings_json: str
     enrolled_sites: _containers.RepeatedScalarFieldContainer[str]
     next_round: int
-    def __init__(self, federation_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., settings_json: _Optional[str] = ..., enrolled_sites: _Optional[_Iterable[str]] = ..., next_round: _Optional[int] = ...) -> None: ...
+    ledger_entries: int
+    ledger_head_hash: str
+    def __init__(self, federation_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., settings_json: _Optional[str] = ..., enrolled_sites: _Optional[_Iterable[str]] = ..., next_round: _Optional[int] = ..., ledger_entries: _Optional[int] = ..., ledger_head_hash: _Optional[str] = ...) -> None: ...
 
 class WaitForRoundRequest(_message.Message):
     __slots__ = ("federation_id", "after_round")
@@ -277,12 +281,14 @@ class RoundResult(_message.Message):
     def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., global_prototypes: _Optional[_Union[Tensor, _Mapping]] = ..., shared_model: _Optional[_Union[Tensor, _Mapping]] = ..., survivors: _Optional[_Iterable[str]] = ..., abort_reason: _Optional[str] = ...) -> None: ...
 
 class LedgerReport(_message.Message):
-    __slots__ = ("federation_id", "lines")
+    __slots__ = ("federation_id", "lines", "first_seq")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     lines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, federation_id: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ...) -> None: ...
+    first_seq: int
+    def __init__(self, federation_id: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ..., first_seq: _Optional[int] = ...) -> None: ...
 
 class SiteMetrics(_message.Message):
     __slots__ = ("federation_id", "round", "bits", "map", "epsilon_spent", "epsilon_max", "noise_multiplier", "train_seconds")

@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -133,15 +133,19 @@ def _read_lines(path: Path) -> tuple[list[str], bool]:
 
 
 def verify_ledger(source: Path | str | Iterable[str], *, public_key: VerifyKey | Ed25519PublicKey,
-                  site_id: str | None = None,
-                  expected_head: tuple[int, str] | None = None) -> list[LedgerEntry]:
-    """Verify a whole ledger and return its entries.
+                  site_id: str | None = None, expected_head: tuple[int, str] | None = None,
+                  after: tuple[int, str] | None = None) -> list[LedgerEntry]:
+    """Verify a whole ledger, or the entries that continue a verified one, and return them.
 
     Args:
         source: a ledger file path (``str`` or ``Path``), or its lines (e.g. from ``Ledger.export_lines``).
         public_key: the site's Ed25519 verify key (``security.pki_verify.site_signing_public_key(cert)``).
         site_id: when given, every entry must name this site (else all must name the site of entry 0).
-        expected_head: ``(seq, hash)`` of the last entry the verifier saw before; it must still be there.
+        expected_head: ``(seq, hash)`` of the last entry the verifier saw before; it must still be there
+            (whole ledgers only).
+        after: ``(seq, hash)`` of the last entry of an already verified ledger: ``source`` then holds only
+            the entries after it, the first with seq ``seq + 1`` and ``prev_hash`` ``hash``
+            (an increment, e.g. ``Ledger.export_lines()[seq + 1:]``; it may be empty).
 
     Raises:
         LedgerTampered: ``reason`` is a :class:`LedgerFault` value and ``seq`` the first bad position.
@@ -152,23 +156,39 @@ def verify_ledger(source: Path | str | Iterable[str], *, public_key: VerifyKey |
             raise LedgerTampered(LedgerFault.TORN_TAIL, len(lines), f"{source} ends in a partial line")
     else:
         lines = [ln.removesuffix("\n") for ln in source]
+    if after is not None and expected_head is not None:
+        raise ValueError("expected_head checks a whole ledger; an increment (after=) cannot hold it")
     key = public_key if isinstance(public_key, VerifyKey) else VerifyKey(public_key)
     entries: list[LedgerEntry] = []
-    prev = GENESIS_HASH
-    for seq, line in enumerate(lines):
+    first, prev = (0, GENESIS_HASH) if after is None else (after[0] + 1, after[1])
+    for seq, line in enumerate(lines, start=first):
         entry = _parse(line, seq)
         _check(entry, seq=seq, prev_hash=prev, site_id=site_id or (entries[0].site if entries else None),
                key=key)
         entries.append(entry)
         prev = entry.hash
     if expected_head is not None:
-        head_seq, head_hash = expected_head
-        if head_seq >= len(entries):
-            raise LedgerTampered(LedgerFault.TRUNCATED, len(entries),
-                                 f"ledger ends before seq {head_seq}, which was seen earlier")
-        if entries[head_seq].hash != head_hash:
-            raise LedgerTampered(LedgerFault.HEAD_MISMATCH, head_seq, "differs from the head seen before")
+        require_head(entries, count=expected_head[0] + 1, head_hash=expected_head[1])
     return entries
+
+
+def require_head(entries: Sequence[LedgerEntry], *, count: int, head_hash: str) -> None:
+    """Check that a whole ledger still holds the head a verifier saw: ``count`` entries, the last one ``head_hash``.
+
+    A tail cut off (or a ledger restored from an old backup) verifies on its own; only this comparison with
+    a head remembered elsewhere (the coordinator's) detects it. ``count == 0`` checks nothing.
+
+    Raises:
+        LedgerTampered: ``truncated`` (fewer than ``count`` entries) or ``head_mismatch`` (another entry there).
+    """
+    if count <= 0:
+        return
+    if count > len(entries):
+        raise LedgerTampered(LedgerFault.TRUNCATED, len(entries),
+                             f"ledger has {len(entries)} entries, but {count} (up to seq {count - 1}) were "
+                             "seen earlier")
+    if entries[count - 1].hash != head_hash:
+        raise LedgerTampered(LedgerFault.HEAD_MISMATCH, count - 1, "differs from the head seen before")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.audit import AuditFailed, audit_state_dir, check_releases, report_markdown
 from coordinator.audit_cli import main
+from security.errors import LedgerTampered
 from security.ledger import verify_ledger
 from security.pki import load_signing_key
 from tests.coordinator.ledger_builder import (
@@ -251,3 +252,154 @@ def test_hooked_into_pfmh_coordinator(state: Path, pki: AuditPki, capsys: pytest
     code = coordinator_main(["audit", "verify", "--state-dir", str(state), "--ca", str(pki.ca_cert)])
     # Assert
     assert code == 0 and "OK     site 'hospital-b'" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ cross-check with the coordinator's round log
+A, B = "hospital-a", "hospital-b"
+
+
+def _round(number: int, outcome: str, cohort: tuple[str, ...], *, inputs: tuple[str, ...] = (),
+           dp: bool = True) -> dict[str, Any]:
+    h: dict[str, Any] = {"round": number, "outcome": outcome, "cohort": list(cohort), "dp": dp}
+    h.update({"inputs": list(inputs)} if outcome == "completed" else {"inputs_received": list(inputs)})
+    return h
+
+
+# PLAN_A releases in rounds 1, 2 (x2) and 4 (round 3 without DP); PLAN_B in rounds 1-3. Round 4 aborted
+# after hospital-a's masked input arrived: its release there was charged but never revealed.
+HONEST_LOG = [_round(1, "completed", (A, B), inputs=(A, B)), _round(2, "completed", (A, B), inputs=(A, B)),
+              _round(3, "completed", (A, B), inputs=(A, B), dp=False), _round(4, "aborted", (A, B), inputs=(A,))]
+
+
+def _write_round_log(state: Path, history: list[dict[str, Any]]) -> None:
+    (state / "rounds.json").write_text(json.dumps({"last_round_started": max(h["round"] for h in history),
+                                                   "completed_rounds": 3, "history": history}))
+
+
+def test_cross_check_passes_and_shows_charged_not_released(state: Path, pki: AuditPki,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    _write_round_log(state, HONEST_LOG)
+    out_dir = state.parent / "report"
+    # Execute
+    code, out, err = _audit(state, pki, capsys, "report", "--out", str(out_dir))
+    doc = json.loads((out_dir / "audit.json").read_text())
+    md = (out_dir / "audit.md").read_text()
+    # Assert
+    assert code == 0, err
+    assert "site 'hospital-a': matches the round log (its input in 3 revealed sums); charged, not released in " \
+           "rounds 4" in out
+    assert "site 'hospital-b': matches the round log (its input in 3 revealed sums); coordinator head 3:" in out
+    assert "NOT cross-checked" not in err
+    a = doc["sites"][0]
+    assert doc["round_log_checked"] is True and a["charged_not_released"] == [4]
+    assert [r["verdict"] for r in a["round_log"]] == ["released", "released", "no DP release (DP off)",
+                                                      "charged, not released"]
+    assert "### Cross-check with the round log" in md
+    assert "| 4 | aborted | no | on | yes | charged, not released |" in md
+
+
+def test_cut_ledger_fails_against_the_round_log(tmp_path: Path, pki: AuditPki,
+                                                records: dict[str, list[dict[str, Any]]],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: the issue's case: hospital-a's ledger lost its tail before it reported (a valid, shorter chain,
+    # so heads.json agrees), but the round log says its input entered round 4's revealed sum with DP on
+    state = tmp_path / "state"
+    lines = write_ledger(tmp_path / "a.jsonl", pki.sites[A], A, records[A])
+    report(state, A, lines[:4], pki.sites[A])
+    _write_round_log(state, [*HONEST_LOG[:3], _round(4, "completed", (A, B), inputs=(A, B))])
+    # Execute
+    code, _, err = _audit(state, pki, capsys)
+    # Assert
+    assert code == 1
+    assert "FAILED site 'hospital-a': release_missing (round 4): the coordinator's round log shows this site's " \
+           "masked input in the revealed sum of round 4 (DP on), but its ledger has no dp_release" in err
+    assert "its last entry is for round 3" in err
+
+
+@pytest.mark.parametrize(("history", "fault"), [
+    ([_round(1, "completed", (A, B), inputs=(A, B)), _round(2, "completed", (B,), inputs=(B,)), *HONEST_LOG[2:]],
+     "release_unwitnessed at seq 1 (round 2): the ledger records a dp_release for a round in which this site was "
+     "not in the cohort (the round's cohort was hospital-b)"),
+    (HONEST_LOG[:3], "release_unwitnessed at seq 4 (round 4): the ledger records a dp_release for a round in which "
+     "this site was not in the cohort (the coordinator's round log has no such round)"),
+])
+def test_release_claimed_outside_the_cohort_fails(state: Path, pki: AuditPki, capsys: pytest.CaptureFixture[str],
+                                                  history: list[dict[str, Any]], fault: str) -> None:
+    # Prepare
+    _write_round_log(state, history)
+    # Execute
+    code, _, err = _audit(state, pki, capsys)
+    # Assert
+    assert code == 1 and f"FAILED site 'hospital-a': {fault}" in err
+
+
+def test_without_round_log_the_audit_says_so(state: Path, pki: AuditPki, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    code, _, err = _audit(state, pki, capsys)
+    # Assert
+    assert code == 0 and "ledgers were NOT cross-checked with the rounds their inputs entered" in err
+    assert not audit_state_dir(state).round_log
+
+
+def test_round_log_written_before_inputs_were_recorded_uses_survivors(state: Path, pki: AuditPki) -> None:
+    # Prepare: an older rounds.json: completed rounds name their survivors only, no dp flag
+    old = [{"round": h["round"], "outcome": h["outcome"], "cohort": h["cohort"],
+            **({"survivors": h["inputs"]} if "inputs" in h else {})} for h in HONEST_LOG]
+    _write_round_log(state, old)
+    # Execute
+    audit = audit_state_dir(state, ca_cert_path=pki.ca_cert)
+    # Assert: cross-checked (cohorts and inputs known), round 4 charged not released
+    assert audit.ok and audit.round_log and audit.sites[0].charged_not_released == (4,)
+
+
+# ------------------------------------------------------------------ incremental reports and rejected reports
+def test_increments_are_verified_against_the_stored_head(tmp_path: Path, pki: AuditPki,
+                                                         records: dict[str, list[dict[str, Any]]]) -> None:
+    # Prepare
+    from coordinator.ledgers import LedgerOutOfSync, LedgerStore
+
+    state, cert = tmp_path / "state", pki.sites[A].cert_path.read_bytes()
+    lines = write_ledger(tmp_path / "a.jsonl", pki.sites[A], A, records[A])
+    other = write_ledger(tmp_path / "other.jsonl", pki.sites[A], A, [*records[A], records[A][-1]])
+    store = LedgerStore(state)
+    # Execute / Assert: the first report, then only the new entries, then a retried (repeated) increment
+    assert store.head(A) == (0, "")
+    assert store.receive(A, lines[:2], cert) == 2
+    assert store.receive(A, lines[2:], cert, first_seq=2) == 5
+    assert store.receive(A, lines[3:], cert, first_seq=3) == 5
+    assert _stored(state).read_text().splitlines() == lines
+    assert store.head(A) == (5, json.loads(lines[4])["hash"])
+    # Assert: a report after a gap is out of sync (the site then sends everything), not tampering
+    with pytest.raises(LedgerOutOfSync, match="starts at seq 6, but the coordinator holds 5 entries"):
+        store.receive(A, other[5:], cert, first_seq=6)
+    assert not (state / "ledgers" / "rejected").exists()
+    # Assert: an entry of another chain does not link to the stored head; a verified entry cannot be rewritten
+    with pytest.raises(LedgerTampered, match="chain_broken"):
+        store.receive(A, other[5:], cert, first_seq=5)
+    rewritten = resign(lines[4], load_signing_key(pki.sites[A].signing_key_path), epsilon=0.1)
+    with pytest.raises(LedgerTampered, match="head_mismatch"):
+        store.receive(A, [rewritten], cert, first_seq=4)
+    assert _stored(state).read_text().splitlines() == lines
+    assert len(list((state / "ledgers" / "rejected" / A).glob("*.json"))) == 2
+
+
+def test_rejected_report_is_kept_and_fails_the_audit(state: Path, pki: AuditPki,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: hospital-a resends its ledger with the tail cut; the coordinator refuses it
+    from coordinator.ledgers import LedgerStore
+
+    lines = _stored(state).read_text().splitlines()
+    with pytest.raises(LedgerTampered, match="truncated"):
+        LedgerStore(state).receive(A, lines[:3], pki.sites[A].cert_path.read_bytes())
+    kept = json.loads((state / "ledgers" / "rejected" / A / "000000.json").read_text())
+    out_dir = state.parent / "report"
+    # Execute
+    code, out, err = _audit(state, pki, capsys, "report", "--out", str(out_dir))
+    md = (out_dir / "audit.md").read_text()
+    # Assert: kept with its reason and lines; the audit fails that site and lists the report
+    assert (kept["reason"], kept["seq"], kept["line_count"], kept["lines"]) == ("truncated", 3, 3, lines[:3])
+    assert code == 1 and "FAILED site 'hospital-a': rejected_report: the coordinator rejected 1 ledger report" in err
+    assert "OK     site 'hospital-b'" in out
+    assert "**rejected ledger report** at" in md and "(truncated): ledger tampered (truncated) at seq 3" in md
+    assert _stored(state).read_text().splitlines() == lines

@@ -99,6 +99,9 @@ def test_dropouts_after_share_keys_and_after_masked_input_complete_above_thresho
         got = np.frombuffer(results[0].global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
         np.testing.assert_allclose(got, _expected(layout, survivors), atol=1e-5)
         assert engine.state.history[-1]["outcome"] == "completed"
+        # the round log: whose masked inputs entered the revealed sum (the audit's witness), out of the cohort
+        assert engine.state.history[-1]["inputs"] == [n for n in names if n != "site-b"]
+        assert engine.state.history[-1]["cohort"] == names and engine.state.open_round is None
 
 
 def test_round_below_threshold_aborts_revealing_nothing_and_next_round_runs(tmp_path: Path) -> None:
@@ -116,6 +119,7 @@ def test_round_below_threshold_aborts_revealing_nothing_and_next_round_runs(tmp_
         assert all(not r.global_prototypes.float64_le for r in results)
         assert engine.state.completed_rounds == 0 and engine.state.prototypes is None
         assert engine.state.history[-1]["outcome"] == "aborted"
+        assert engine.state.history[-1]["inputs_received"] == ["site-b", "site-c", "site-d", "site-e"]
         # Execute: the remaining sites run the next round (the dropped ones are no longer live)
         rest = [s for s in sites if s.name in ("site-b", "site-c", "site-e")]
         first = results[0]

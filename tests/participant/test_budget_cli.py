@@ -148,3 +148,32 @@ def test_hooked_into_pfmh_participant(ledger: Path, pki: AuditPki, capsys: pytes
     code = participant_main(["budget", "--ledger", str(ledger), "--identity", str(pki.sites["hospital-a"].directory)])
     # Assert
     assert code == 0 and "site hospital-a: ledger" in capsys.readouterr().out
+
+
+def test_truncation_is_checked_only_with_the_coordinators_head(ledger: Path, pki: AuditPki,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: the head the coordinator verified (4 entries), then the ledger loses its last entry
+    identity = pki.sites["hospital-a"].directory
+    lines = ledger.read_text().splitlines()
+    head = f"4:{json.loads(lines[-1])['hash']}"
+    # Execute / Assert: with the head, the whole ledger passes
+    code, out, _ = _budget(ledger, identity, capsys, "--coordinator-head", head)
+    assert code == 0 and "truncation: checked against the coordinator's head (4 entries): not truncated" in out
+    ledger.write_text("".join(f"{ln}\n" for ln in lines[:3]))
+    # Execute / Assert: alone, the cut ledger verifies, and the command says it cannot tell
+    code, out, _ = _budget(ledger, identity, capsys)
+    assert code == 0 and "truncation: NOT checked: a ledger cut at its tail verifies on its own" in out
+    code, out, _ = _budget(ledger, identity, capsys, "--json")
+    assert code == 0 and json.loads(out)["truncation_checked"] is False
+    # Execute / Assert: with the head, it fails naming the cut
+    code, _, err = _budget(ledger, identity, capsys, "--coordinator-head", head)
+    assert code == 1 and "BUDGET CHECK FAILED: site 'hospital-a': ledger_tampered:truncated at seq 3" in err
+
+
+def test_malformed_coordinator_head_is_a_user_error(ledger: Path, pki: AuditPki,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exit_info:
+        _budget(ledger, pki.sites["hospital-a"].directory, capsys, "--coordinator-head", "4:abc")
+    # Assert
+    assert exit_info.value.code == 2 and "is not COUNT:HASH" in capsys.readouterr().err

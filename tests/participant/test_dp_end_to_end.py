@@ -19,7 +19,6 @@ import torch
 
 from coordinator.rounds import RECORD_AGGREGATES_ENV
 from participant.privacy import ENCODER_MECHANISM, PROTOTYPE_MECHANISM
-from participant.privacy import SitePrivacy as SitePrivacyState
 from proto.settings import PrivacySettings
 from security.accountant import epsilon_for
 from security.ledger import Ledger
@@ -121,18 +120,20 @@ def test_local_noise_in_the_decoded_sum_is_what_the_ledger_charges(tmp_path, mon
     assert_ledgers_match(tmp_path, daemons, mechanisms=mechanisms)
 
 
-def test_distributed_noise_is_sized_for_threshold_less_colluders_not_min_sites(tmp_path, monkeypatch):
-    # Prepare: 3 sites, min_sites 3, default threshold t = 2, c = 0 colluders: each site adds 1/(t - c) = 1/2 of
-    # the variance (sizing it from min_sites would give 1/3, and the sum would carry only sigma * S)
-    privacy = PrivacySettings(mode="distributed", noise_multiplier=SIGMA, colluding_sites=0)
+@pytest.mark.parametrize("colluders", [0, 1])
+def test_distributed_noise_is_sized_for_threshold_less_colluders_not_min_sites(tmp_path, monkeypatch, colluders):
+    # Prepare: 3 sites, min_sites 3, default threshold t = 2. Each site adds 1/m of the variance, m = t - c:
+    # 1/2 with c = 0, all of it with c = 1 (sizing it from min_sites would give 1/3 either way)
+    privacy = PrivacySettings(mode="distributed", noise_multiplier=SIGMA, colluding_sites=colluders)
     noise, daemons = run_dp_federation(tmp_path, monkeypatch, privacy=privacy, min_sites=3)
+    m = 2 - colluders
     # Assert
-    assert_noise_std(noise, SIGMA * SENSITIVITY * math.sqrt(len(SITES) / 2))
-    # and the ledger records what the sum really carried for the 3 survivors: sigma * sqrt(3 / 2)
+    assert_noise_std(noise, SIGMA * SENSITIVITY * math.sqrt(len(SITES) / m))
+    # and the ledger records what the sum carried for the 3 survivors: sigma * sqrt((3 - c) / m)
     sums = [r for r in ledger_records(tmp_path, daemons[0]) if r.get("kind") == "dp_sum"]
     assert [s["round"] for s in sums] == [1, 2, 3]
-    assert all(s["noise_cohort"] == 2 and s["contributors"] == 3 for s in sums)
-    assert sums[0]["sum_noise_multiplier"] == pytest.approx(SIGMA * math.sqrt(1.5))
+    assert all(s["noise_cohort"] == m and s["contributors"] == 3 for s in sums)
+    assert sums[0]["sum_noise_multiplier"] == pytest.approx(SIGMA * math.sqrt((3 - colluders) / m))
 
 
 def test_frozen_encoder_chain_releases_statistics_of_the_untrained_network(tmp_path, monkeypatch):
@@ -160,11 +161,11 @@ def test_restarted_site_rebuilds_its_accountant_from_the_ledger(tmp_path, monkey
     site = daemons[0]
     spent = site.privacy.spent
     assert spent > 0
-    # Execute: a new privacy state opened on the same ledger, as a restarted daemon does
-    reopened = SitePrivacyState(site.settings.privacy, epsilon_max=site.cfg.privacy.epsilon_max,
-                                ledger_path=tmp_path / site.cfg.state_dir / "ledger.jsonl",
-                                signing_key=SigningKey.load(tmp_path / site.cfg.tls.signing_key, passphrase=None),
-                                site=site.cfg.site)
-    # Assert: the budget is what was spent, not zero
-    assert reopened.spent == pytest.approx(spent, rel=1e-9)
-    reopened.close()
+    # Execute: a new daemon for the same site sets up from its state folder, as a restarted one does
+    restarted = site_daemon(tmp_path, site.cfg.site, 1, epsilon_max=1e6)
+    restarted.site_index = site.site_index
+    restarted._setup(site.settings)
+    # Assert: its budget is what was spent, not zero
+    assert restarted.privacy.spent == pytest.approx(spent, rel=1e-9)
+    restarted.privacy.close()
+    restarted.client.close()

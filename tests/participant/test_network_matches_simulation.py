@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from participant.archive import Archive
+from participant.site_model import load_site_model
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.trainer_factory import train_config
 from tests.netfed import coordinator, coordinator_config, run_daemons, site_daemon, write_site_files
@@ -44,4 +46,6 @@ def test_networked_round_equals_in_process_simulation(tmp_path: Path, method: st
     for name in SITES:
         ledger = (tmp_path / "state" / name / "ledger.jsonl").read_text()
         assert "upload_without_dp" in ledger
-        assert (tmp_path / "state" / name / "index.npz").is_file()
+        archive = Archive(tmp_path / "state" / name / "archive").open()
+        assert len(archive) == len(parts[SITES.index(name)].database)
+        assert archive.model_version == load_site_model(tmp_path / "state" / name).version

@@ -202,3 +202,25 @@ def test_real_mirflickr_text_only_file_is_refused() -> None:
     # Assert
     assert "missing datasets I_tr" in message and "no image (I_*) datasets" in message
     assert "L_all" in message
+
+
+def test_record_ids_round_trip_and_refusals(tmp_path: Path) -> None:
+    # Prepare
+    raw = _arrays()
+    path = _write(tmp_path / "ids.h5", raw)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("ids_db", data=[f"pat-{i}" for i in range(SIZES["database"])],
+                         dtype=h5py.string_dtype("utf-8"))
+    # Execute
+    data = load_h5(path)
+    save_h5(data, tmp_path / "again.h5")
+    again = load_h5(tmp_path / "again.h5")
+    # Assert: ids where given, None elsewhere, kept by subset and save/load
+    assert list(again.database.ids) == [f"pat-{i}" for i in range(SIZES["database"])]
+    assert data.train.ids is None and again.query.ids is None
+    assert list(again.database.subset(np.array([3, 1])).ids) == ["pat-3", "pat-1"]
+    with h5py.File(path, "a") as f:
+        f["ids_db"][1] = "pat-0"
+    assert "record id 'pat-0' appears more than once" in _error_of(path)
+    with pytest.raises(DataError, match="one id per record"):
+        Split(raw["I_db"], raw["T_db"], raw["L_db"], ids=np.array(["a"]))

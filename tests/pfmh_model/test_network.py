@@ -119,3 +119,25 @@ def test_make_dp_compatible_removes_batchnorm_and_makes_records_independent() ->
     assert sum(isinstance(m, nn.GroupNorm) for m in dp.modules()) == 5
     assert any(isinstance(m, nn.BatchNorm1d) for m in net.modules()), "the input model was modified"
     torch.testing.assert_close(full[:1], alone)
+
+
+def test_closed_gate_makes_the_code_independent_of_the_absent_modality() -> None:
+    # Prepare
+    net = _net().eval()
+    image, text = _batch(5)
+    other_image, other_text = _batch(5, seed=9)
+    image_only = torch.tensor([[1.0, 0.0]]).repeat(5, 1)
+    text_only = torch.tensor([[0.0, 1.0]]).repeat(5, 1)
+    # Execute
+    with torch.no_grad():
+        a = net(image, text, present=image_only)
+        b = net(image, other_text, present=image_only)
+        c = net(image, text, present=text_only)
+        d = net(other_image, text, present=text_only)
+        both = net(image, text, present=torch.ones(5, 2))
+    # Assert: the absent branch does not reach the code; with both present it is the plain forward
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(c, d)
+    assert not torch.allclose(a, c)
+    with torch.no_grad():
+        torch.testing.assert_close(both, net(image, text))

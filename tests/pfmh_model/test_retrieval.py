@@ -236,11 +236,11 @@ def test_hamming_index_switches_to_multi_index_hashing_with_the_same_answer(monk
     small = index.search(queries, k)
     index.add(archive[1500:])
     large = index.search(queries, k)
-    built = index._mih
+    built = index._fast
     index.add(archive[:10])
     again = index.search(queries, k)
     # Assert: identical to the linear scan, ties included; the MIH tables follow the archive
-    assert built is not None and index._mih is not None and index._mih is not built
+    assert built is not None and index._fast is not None and index._fast is not built
     for result, codes in ((small, archive[:1500]), (large, archive),
                           (again, np.concatenate([archive, archive[:10]]))):
         expected = search(pack_codes(queries), pack_codes(codes), k=k)
@@ -268,3 +268,23 @@ def test_hamming_index_rejects_wrong_bits_and_bad_files(tmp_path) -> None:
     with pytest.raises(DataError, match="pad bits"):
         HammingIndex.load(tmp_path / "pad.npz")
     assert len(index) == 0 and index.search(np.ones((2, 16)), 3).indices.shape == (2, 0)
+
+
+def test_index_over_word_major_codes_answers_like_the_plain_index_without_copying() -> None:
+    # Prepare
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 2, (300, 128)).astype(bool)
+    queries = rng.integers(0, 2, (7, 128)).astype(bool)
+    plain = HammingIndex(128)
+    plain.add(codes)
+    archive_t = np.ascontiguousarray(pack_codes(codes).T)
+    # Execute
+    index = HammingIndex.from_word_major(archive_t, 128)
+    got, want = index.search(queries, 9), plain.search(queries, 9)
+    # Assert
+    assert np.shares_memory(index.packed, archive_t)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.distances, want.distances)
+    np.testing.assert_array_equal(index.search_packed(pack_codes(queries), 9).indices, want.indices)
+    with pytest.raises(DataError, match="word-major"):
+        HammingIndex.from_word_major(archive_t.T, 128)

@@ -250,3 +250,38 @@ def test_snapshot_carries_the_callers_progress_in_the_same_file(tmp_path: Path) 
     # Assert
     assert _trainer().load_snapshot(path) == progress
     assert _trainer().load_snapshot(plain) == {}
+
+
+def test_modality_dropout_hides_one_modality_of_a_fraction_of_records() -> None:
+    # Prepare
+    split = _split(60)
+    codes = {}
+    for p in (0.0, 0.5):
+        trainer = _trainer(dataclasses.replace(CFG, modality_dropout=p))
+        # Execute
+        trainer.train_shared(split, prototypes=None, global_prototypes=None, distill=False)
+        codes[p] = trainer.encode(split)
+        mask = trainer._modality_mask(20_000)
+    # Assert: the training step uses the mask (other weights than without it) ...
+    assert not np.allclose(codes[0.0], codes[0.5])
+    # ... which hides one modality, never both, of about p of the records, image and text evenly
+    assert mask is not None and bool((mask.sum(dim=1) >= 1).all())
+    hidden_image, hidden_text = float((mask[:, 0] == 0).float().mean()), float((mask[:, 1] == 0).float().mean())
+    assert abs(hidden_image - 0.25) < 0.02 and abs(hidden_text - 0.25) < 0.02
+    assert _trainer()._modality_mask(5) is None  # the default draws nothing: training is unchanged
+    with pytest.raises(OptionError, match="modality_dropout"):
+        TrainConfig(modality_dropout=1.5)
+
+
+def test_snapshot_from_before_modality_dropout_still_loads(tmp_path: Path) -> None:
+    # Prepare: a snapshot whose config lacks the new key, as older versions wrote it
+    trainer = _trainer()
+    state = trainer.state_dict()
+    del state["config"]["modality_dropout"]
+    # Execute
+    again = _trainer()
+    again.load_state_dict(state)
+    # Assert: loads under the default; under another value it is refused
+    np.testing.assert_array_equal(again.encode(_split()), trainer.encode(_split()))
+    with pytest.raises(StateMismatch):
+        _trainer(dataclasses.replace(CFG, modality_dropout=0.5)).load_state_dict(state)

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proto.generate import PROTO_DIR, generate
+import pytest
+
+from proto.generate import PROTO_DIR, SOURCES, generate
 
 
-def test_generated_code_matches_proto(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", SOURCES)
+def test_generated_code_matches_proto(tmp_path: Path, source: str) -> None:
     # Execute
-    fresh = generate(tmp_path)
+    fresh = generate(tmp_path, source)
     # Assert
-    assert [f.name for f in fresh] == ["federation_pb2.py", "federation_pb2.pyi", "federation_pb2_grpc.py"]
+    stem = Path(source).stem
+    assert [f.name for f in fresh] == [f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py"]
     for path in fresh:
         committed = PROTO_DIR / path.name
         assert committed.read_text() == path.read_text(), (

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from security.errors import InvalidMessage, LedgerTampered, SecurityError
-from security.ledger import SIGNATURE_DOMAIN, Ledger, LedgerFault, canonical_json, verify_ledger
+from security.ledger import SIGNATURE_DOMAIN, Ledger, LedgerFault, canonical_json, require_head, verify_ledger
 from security.pki import Role, create_ca, load_signing_key
 from security.pki_issue import issue_certificate
 from security.pki_verify import site_id_from_certificate, site_signing_public_key
@@ -218,3 +218,40 @@ def test_accepts_security_signing_key_types(tmp_path: Path) -> None:
     assert [e.seq for e in entries] == [0]
     with pytest.raises(LedgerTampered, match="bad_signature"):
         verify_ledger(tmp_path / "l.jsonl", public_key=SigningKey.generate().verify_key())
+
+
+def test_increment_verifies_only_when_linked_to_the_head(lines: list[str], key: Ed25519PrivateKey) -> None:
+    # Prepare: the verifier holds entries 0..2; the increment is entries 3..4
+    head = (2, json.loads(lines[2])["hash"])
+    # Execute
+    entries = verify_ledger(lines[3:], public_key=key.public_key(), site_id="hospital-a", after=head)
+    # Assert: the new entries, and an empty increment is fine
+    assert [e.seq for e in entries] == [3, 4]
+    assert verify_ledger([], public_key=key.public_key(), after=(4, json.loads(lines[4])["hash"])) == []
+    # Assert: not linked to the head (another hash, or an entry skipped), or a forged entry
+    assert _fault(lines[3:], key, after=(2, "f" * 64)) == (LedgerFault.CHAIN_BROKEN, 3)
+    assert _fault(lines[4:], key, after=head) == (LedgerFault.SEQ_GAP, 3)
+    forged = _resign({**json.loads(lines[3]), "record": {**RELEASE, "epsilon": 0.0}}, Ed25519PrivateKey.generate())
+    assert _fault([forged, lines[4]], key, after=head) == (LedgerFault.BAD_SIGNATURE, 3)
+    with pytest.raises(ValueError, match="increment"):
+        verify_ledger(lines[3:], public_key=key.public_key(), after=head, expected_head=head)
+
+
+def test_require_head_detects_a_cut_or_restored_ledger(lines: list[str], key: Ed25519PrivateKey,
+                                                       tmp_path: Path) -> None:
+    # Prepare: the head a verifier saw (5 entries), and an older copy of another ledger with 5 entries
+    entries = verify_ledger(lines, public_key=key.public_key())
+    with Ledger.open(tmp_path / "other.jsonl", signing_key=key, site_id="hospital-a") as other:
+        for rnd in range(5):
+            other.append({**RELEASE, "round": rnd, "epsilon": 0.1})
+        restored = other.entries()
+    # Execute / Assert: the whole ledger holds the head; a prefix or a different ledger does not
+    require_head(entries, count=5, head_hash=entries[4].hash)
+    require_head(entries[:3], count=0, head_hash="")
+    with pytest.raises(LedgerTampered) as cut:
+        require_head(entries[:4], count=5, head_hash=entries[4].hash)
+    with pytest.raises(LedgerTampered) as swapped:
+        require_head(restored, count=5, head_hash=entries[4].hash)
+    assert (cut.value.reason, cut.value.seq) == (LedgerFault.TRUNCATED, 4)
+    assert "4 entries, but 5" in str(cut.value)
+    assert (swapped.value.reason, swapped.value.seq) == (LedgerFault.HEAD_MISMATCH, 4)

@@ -1,0 +1,25 @@
+"""What a search answers (shared by the engine, the server and the client; no torch, no gRPC)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One neighbour: record id (or add-order number), archive row, Hamming distance, label names."""
+
+    record_id: str
+    row: int
+    distance: int
+    labels: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    """Top-k hits per query, with the model version and archive generation that produced them."""
+
+    hits: list[list[Hit]]
+    model_version: str
+    generation: str
+    archive_size: int
+    has_ids: bool
