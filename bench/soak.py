@@ -1,6 +1,8 @@
 """Scale and fault soak: one real coordinator process and N soak-site processes on 127.0.0.1, SecAgg+.
 
 Run: ``python bench/soak.py --sites 10 50 100 --rounds 5 [--seed 1] [--json out.json] [--work DIR]``.
+Cost of the consistency check (issue #16), both modes side by side in one run, without faults:
+``python bench/soak.py --sites 10 100 --rounds 5 --consistency on off --no-faults``.
 
 For each N: a throwaway PKI, a coordinator (``pfmh-coordinator serve``, Prometheus metrics on, the
 ``PFMH_TEST_RECORD_AGGREGATES=1`` hook on) and N ``bench/soak_site.py`` processes (no torch). The
@@ -63,6 +65,8 @@ class Settings:
     seed: int = 1
     phase_timeout_s: float = 0.0  # 0: max(6, N / 10) seconds
     train_timeout_s: float = 0.0  # 0: as phase_timeout_s
+    consistency_check: bool = True  # False: the semi-honest protocol (no survivor signatures)
+    faults: bool = True
 
     def __post_init__(self) -> None:
         self.phase_timeout_s = self.phase_timeout_s or max(6.0, self.sites / 10)
@@ -154,6 +158,7 @@ hidden = 16
 width = 8
 [federation.secagg]
 fraction_bits = {FRACTION_BITS}
+consistency_check = {str(s.consistency_check).lower()}
 [federation.privacy]
 mode = "off"
 """
@@ -197,7 +202,8 @@ class Soak:
             issue_certificate(ca=ca, role=Role.SITE, name=name)
         (self.work / "coordinator.toml").write_text(_coordinator_toml(self.names, self.s, self.port,
                                                                       self.metrics_port))
-        plans = plan_faults(self.names, self.s, self.rng, max_round=3 * self.s.rounds + 10)
+        plans = (plan_faults(self.names, self.s, self.rng, max_round=3 * self.s.rounds + 10) if self.s.faults
+                 else {n: {} for n in self.names})
         for name in self.names:
             state = self.work / "sites" / name
             state.mkdir(parents=True)
@@ -250,8 +256,9 @@ class Soak:
                 _proc_sample(current)
                 r.t_last_completion = finished_at = now
             in_flight = meta["last_round_started"] > max([h["round"] for h in history], default=0)
-            if (len(r.coordinators) == 1 and kill_at is None and in_flight and len(completed) >= max(1, s.rounds // 2)
-                    and len(completed) < s.rounds and meta["last_round_started"] > ABORT_ROUND):
+            if (s.faults and len(r.coordinators) == 1 and kill_at is None and in_flight
+                    and len(completed) >= max(1, s.rounds // 2) and len(completed) < s.rounds
+                    and meta["last_round_started"] > ABORT_ROUND):
                 kill_at = now + self.rng.uniform(0.5, 3.0)
             if len(r.coordinators) == 1 and kill_at is not None and now >= kill_at:
                 _proc_sample(current)
@@ -317,7 +324,8 @@ class Soak:
         cpu = sum(p.cpu_s for p in r.coordinators) - r.cpu_at_first_round
         per_site = facts.pop("site_round_bytes")
         return {
-            "sites": s.sites, "rounds_completed": done, "rounds_aborted": len(facts["aborted_rounds"]),
+            "sites": s.sites, "consistency_check": s.consistency_check, "faults": s.faults,
+            "rounds_completed": done, "rounds_aborted": len(facts["aborted_rounds"]),
             "rounds_interrupted": len(facts["interrupted_rounds"]), "wall_s": round(wall, 1),
             "rounds_per_hour": round(done / wall * 3600, 1) if wall > 0 else 0.0,
             "coordinator_cpu_s_per_round": round(cpu / max(done, 1), 2),
@@ -343,7 +351,8 @@ def soak(settings: Settings, work: Path) -> dict[str, Any]:
     return run.report()
 
 
-COLUMNS = (("sites", "N"), ("rounds_completed", "done"), ("rounds_aborted", "abort"), ("rounds_interrupted", "cut"),
+COLUMNS = (("sites", "N"), ("consistency_check", "check"), ("rounds_completed", "done"), ("rounds_aborted", "abort"),
+           ("rounds_interrupted", "cut"),
            ("rounds_per_hour", "rounds/h"), ("median_round_s", "med s"), ("coordinator_cpu_s_per_round", "cpu s/rnd"),
            ("coordinator_cpu_pct", "cpu %"), ("coordinator_peak_rss_mb", "peak MB"),
            ("site_bytes_per_round", "B/site/rnd"), ("coordinator_bytes_per_site_round", "coord B/site/rnd"),
@@ -358,16 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=900.0, help="per N")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--work", type=Path, help="keep run folders here (default: a temporary folder)")
+    parser.add_argument("--consistency", nargs="+", choices=["on", "off"], default=["on"],
+                        help="run each N with the consistency check on and/or off (semi-honest), side by side")
+    parser.add_argument("--no-faults", action="store_true", help="inject no faults (clean cost figures)")
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="pfmh-soak-") as tmp:
-        for n in args.sites:
-            work = (args.work or Path(tmp)) / f"n{n}"
+        for n, mode in [(n, mode) for n in args.sites for mode in args.consistency]:
+            work = (args.work or Path(tmp)) / f"n{n}-check-{mode}"
             started = time.monotonic()
-            result = soak(Settings(n, args.rounds, seed=args.seed, timeout_s=args.timeout_s), work)
+            result = soak(Settings(n, args.rounds, seed=args.seed, timeout_s=args.timeout_s,
+                                   consistency_check=mode == "on", faults=not args.no_faults), work)
             result["total_s"] = round(time.monotonic() - started, 1)
             results.append(result)
-            print(f"N={n}: {result['rounds_completed']} rounds in {result['total_s']}s, faults "
+            print(f"N={n} check {mode}: {result['rounds_completed']} rounds in {result['total_s']}s, faults "
                   f"{result['faults_fired']}, violations: {result['violations'] or 'none'}", flush=True)
     print(" | ".join(title for _, title in COLUMNS))
     for result in results:

@@ -45,6 +45,7 @@ from participant.client import CoordinatorClient, CoordinatorError, CoordinatorU
 from participant.config import RetryPolicy, SiteConfig, SiteTls  # noqa: E402
 from proto import federation_pb2 as pb  # noqa: E402
 from proto.settings import PROTOCOL_VERSION, FederationSettings  # noqa: E402
+from security.consistency import SurvivorSignature  # noqa: E402
 from security.errors import SecurityError  # noqa: E402
 from security.pki import Role  # noqa: E402
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate  # noqa: E402
@@ -124,11 +125,13 @@ class SoakSite:
         settings = FederationSettings.from_json(reply.settings_json)
         self.bits = int(settings.train.get("bits", 32))
         self.length = settings.num_classes * (self.bits + 1)
-        s = settings.secagg
+        s = self.secagg_settings = settings.secagg
         self.secagg = SecAggClient(self.name, signing_key=self.signing_key, config=SecAggConfig(
             federation_id=settings.federation_id, vector_length=self.length, fraction_bits=s.fraction_bits,
             max_abs_value=s.max_abs_value, neighbours=s.neighbours or None, threshold=s.threshold or None,
-            prg=PrgAlgorithm(s.prg)))
+            prg=PrgAlgorithm(s.prg),
+            colluders=None if s.colluders < 0 else s.colluders,
+            consistency_check=s.consistency_check))
         self.site_index = sorted(reply.enrolled_sites).index(self.name)
         return settings
 
@@ -227,7 +230,18 @@ class SoakSite:
         request = self._poll("GetUnmaskRequest", 2 * config.phase_timeout_s)
         if request.status != pb.READY:
             raise RoundAbandoned("GetUnmaskRequest: round aborted")
-        response = self.secagg.unmask(UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts)))
+        told = UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts))
+        if self.secagg_settings.consistency_check:
+            signed = self.secagg.sign_survivors(told)
+            call("SubmitSurvivorSignature", pb.SurvivorSignatureRequest(federation_id=fed, round=number,
+                                                                        signature=signed.signature))
+            bundle = self._poll("GetSurvivorSignatures", 2 * config.phase_timeout_s)
+            if bundle.status != pb.READY:
+                raise RoundAbandoned("GetSurvivorSignatures: round aborted")
+            response = self.secagg.unmask(told, verify_keys=keys, signatures=[
+                SurvivorSignature(fed, number, x.site, x.signature) for x in bundle.signatures])
+        else:
+            response = self.secagg.unmask(told)
         self.fault("unmask")
         call("Unmask", pb.UnmaskReply(
             federation_id=fed, round=number,

@@ -115,6 +115,7 @@ class AuditReport:
     ca_checked: bool
     sites: tuple[SiteAudit, ...]
     round_log: bool = False  # rounds.json was found: ledgers were cross-checked with it
+    exclusions: tuple[dict[str, Any], ...] = ()  # from the round log: sites excluded for misbehaving
 
     @property
     def ok(self) -> bool:
@@ -224,7 +225,19 @@ def audit_state_dir(state_dir: Path | str, *, ca_cert_path: Path | str | None = 
     sites = tuple(audit_site(ledger_dir, name, ca_cert=ca_cert, expected_head=heads.get(name), witnesses=witnesses,
                              rejected=rejected.get(name, ())) for name in names)
     generated = (now or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds")
-    return AuditReport(str(state_dir), generated, ca_cert is not None, sites, witnesses is not None)
+    return AuditReport(str(state_dir), generated, ca_cert is not None, sites, witnesses is not None,
+                       _exclusions(Path(state_dir)))
+
+
+def _exclusions(state_dir: Path) -> tuple[dict[str, Any], ...]:
+    """Every exclusion in the coordinator's round log (``rounds.json``), in round order."""
+    try:
+        history = json.loads((state_dir / "rounds.json").read_text()).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple({"round": h.get("round"), "site": site, "until_round": info.get("until_round"),
+                  "reason": info.get("reason")}
+                 for h in history if isinstance(h, dict) for site, info in sorted(h.get("excluded", {}).items()))
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -271,7 +284,8 @@ def cross_check_rows(a: SiteAudit) -> list[dict[str, Any]]:
 def report_json(report: AuditReport) -> dict[str, Any]:
     """The report as a JSON-able document (``audit.json``)."""
     return {"state_dir": report.state_dir, "generated": report.generated, "ca_checked": report.ca_checked,
-            "round_log_checked": report.round_log, "ok": report.ok, "sites": [_site_json(a) for a in report.sites]}
+            "round_log_checked": report.round_log, "ok": report.ok, "sites": [_site_json(a) for a in report.sites],
+            "exclusions": list(report.exclusions)}
 
 
 def _num(value: Any) -> str:
@@ -298,6 +312,10 @@ def report_markdown(report: AuditReport) -> str:
                    "accountant", "uploads without DP"],
                   [[s["site"], s["status"], s["entries"], s["epsilon_spent"], s["epsilon_max"], s["budget_left"],
                     s["delta"], s["accountant"], len(s["uploads_without_dp"])] for s in doc["sites"]])
+    if doc["exclusions"]:
+        out += ["", "## Sites excluded for misbehaving", ""]
+        out += _table(["round", "site", "excluded up to round", "reason"],
+                      [[e["round"], e["site"], e["until_round"], e["reason"]] for e in doc["exclusions"]])
     for s in doc["sites"]:
         out += ["", f"## Site {s['site']}", ""]
         if s["coordinator_head"]:

@@ -28,6 +28,8 @@ class ServerSettings:
     max_workers: int = 64
     liveness_s: float = 30.0    # a site that has not called for this long is not put in a new cohort
     gather_s: float = 3.0       # once min_sites are live, wait this long for the other enrolled sites
+    exclude_rounds: int = 3     # a site refused at the door (forged/replayed message) sits out this many rounds
+    max_invalid_messages: int = 3  # rejected messages in one round that also exclude a site
 
 
 @dataclass(frozen=True)

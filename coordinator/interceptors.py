@@ -91,7 +91,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     never runs); it must be the innermost interceptor, as its deserializer is the one the server uses.
     """
 
-    def __init__(self, on_reject: Callable[[str], None] = lambda kind: None) -> None:
+    def __init__(self, on_reject: Callable[[str, BaseException | None], None] = lambda kind, error: None) -> None:
         self._on_reject = on_reject
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
@@ -100,7 +100,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         def wrapper(inner: Callable[..., Any]) -> Callable[..., Any]:
             def mapped(request: Any, context: grpc.ServicerContext) -> Any:
                 if isinstance(request, MalformedRequest):
-                    self._on_reject(kind)
+                    self._on_reject(kind, None)
                     logger.info("%s rejected: malformed request (%s)", kind, request.error)
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{kind}: request is not a valid "
                                   f"protobuf message ({request.error})")
@@ -111,7 +111,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         raise  # already aborted by the handler
                     for cls, code in STATUS_OF:
                         if isinstance(exc, cls):
-                            self._on_reject(kind)
+                            self._on_reject(kind, exc)
                             logger.info("%s rejected: %s", kind, exc)
                             context.abort(code, str(exc))
                     logger.exception("%s failed", kind)

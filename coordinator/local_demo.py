@@ -1,6 +1,7 @@
 """``pfmh-demo``: a whole federation on this machine, as separate processes on 127.0.0.1.
 
-Creates a federation CA and certificates, the built-in synthetic dataset split over the sites
+Creates a federation CA, then has every party make its own keys and a CSR that the CA signs (the CSR
+flow of docs/DEPLOY.md in one step), the built-in synthetic dataset split over the sites
 (non-IID), a coordinator config and one config per site; starts ``pfmh-coordinator serve`` and
 one ``pfmh-participant join`` per site; streams their per-round mAP, bytes and epsilon; then
 verifies the privacy ledgers and stops everything. Everything lives under ``--workdir``.
@@ -52,8 +53,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     from pfmh_model.data import save_h5
     from pfmh_model.partition import partition_dataset
     from pfmh_model.synthetic import generate
-    from security.pki import Role, create_ca
-    from security.pki_issue import issue_certificate
+    from security.pki import create_ca
 
     work = args.workdir
     if work.exists():
@@ -61,9 +61,8 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     work.mkdir(parents=True)
     sites = _site_names(args.sites)
     ca = create_ca(federation_id="demo", out_dir=work / "pki")
-    issue_certificate(ca=ca, role=Role.COORDINATOR, name="coordinator")
-    for site in sites:
-        issue_certificate(ca=ca, role=Role.SITE, name=site)
+    for name in ("coordinator", *sites):  # each makes its own keys; the CA only signs their requests
+        enrol(ca, work / "pki" / name, name)
     dataset = generate(args.preset, seed=args.seed)
     print(f"dataset: {dataset.describe()}")
     parts = partition_dataset(dataset, num_sites=len(sites), alpha=args.alpha, seed=args.seed)
@@ -132,6 +131,21 @@ epsilon_max = {args.epsilon_max}
 require_dp = {"true" if args.dp != "off" else "false"}
 """)
     return coordinator_toml, sites
+
+
+def enrol(ca, directory: Path, name: str) -> None:  # noqa: ANN001 - a security.pki.CertificateAuthority
+    """The CSR flow in one step, as each party would run it on its own machine (docs/DEPLOY.md):
+    ``pfmh-participant enroll`` at the site, ``pfmh-ca sign`` at the CA, ``pfmh-participant install``."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from security.pki import Role
+    from security.pki_csr import create_request, install_certificate, sign_request
+
+    role = Role.COORDINATOR if name == "coordinator" else Role.SITE
+    csr = create_request(federation_id=ca.federation_id, name=name, directory=directory, role=role)
+    cert = sign_request(ca=ca, csr_pem=csr.read_bytes(), expected_name=name, allowed_roles=(role,))
+    install_certificate(directory=directory, cert_pem=cert.public_bytes(Encoding.PEM),
+                        ca_cert_pem=ca.cert.public_bytes(Encoding.PEM), allowed_roles=(role,))
 
 
 def _pump(proc: subprocess.Popen, prefix: str) -> None:

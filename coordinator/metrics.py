@@ -32,6 +32,10 @@ class CoordinatorMetrics:
                                 ["site", "phase"], registry=registry)
         self.auth_failures = Counter("pfmh_auth_failures_total", "Refused calls, by reason", ["reason"],
                                      registry=registry)
+        self.exclusions = Counter("pfmh_site_exclusions_total", "Sites excluded from later rounds for misbehaving, "
+                                  "by site and offence", ["site", "offence"], registry=registry)
+        self.refused = Counter("pfmh_refused_messages_total", "Messages refused at the door after a signature or "
+                               "replay check, by site and kind", ["site", "kind"], registry=registry)
         self.rejected = Counter("pfmh_rejected_messages_total", "Messages rejected by validation, by kind",
                                 ["kind"], registry=registry)
         self.round_seconds = Histogram("pfmh_round_duration_seconds", "Wall time of completed rounds",
@@ -56,6 +60,8 @@ class CoordinatorMetrics:
         for site in self._sites:  # every series exists from the start, so dashboards have data at once
             self.bytes_received.labels(site, "Join")
             self.dropouts.labels(site, "masked_input")
+            self.refused.labels(site, "AdvertiseKeys")
+            self.exclusions.labels(site, "advertisement")
 
     def site(self, site: str) -> str:
         return site if site in self._sites else "unknown"

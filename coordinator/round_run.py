@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from pfmh_model.aggregation import GlobalState
+from security.consistency import SurvivorSignature
 from security.secagg_messages import EncryptedShare, KeyDirectory, UnmaskRequest
 from security.secagg_server import SecAggServer
 
@@ -16,6 +17,7 @@ class RoundPhase(enum.StrEnum):
     ADVERTISE = "advertise_keys"   # sites train locally, then advertise keys
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency_check"  # survivors sign the survivor set (skipped in the semi-honest mode)
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
@@ -51,6 +53,11 @@ class RoundRun:
     directories: dict[str, KeyDirectory] = field(default_factory=dict)  # per site: its neighbours' only
     inbox: dict[str, tuple[EncryptedShare, ...]] | None = None
     unmask_request: UnmaskRequest | None = None
+    signatures: dict[str, tuple[SurvivorSignature, ...]] | None = None  # per survivor: what it must count
+    refused: set[str] = field(default_factory=set)     # sites whose message was refused at the door
+    invalid: dict[str, int] = field(default_factory=dict)  # rejected messages per site this round
+    exclusions: dict[str, dict] = field(default_factory=dict)  # site -> {"until_round", "reason"}
+    left_out: tuple[str, ...] = ()                         # live sites not in the cohort: still excluded
     result: GlobalState | None = None
     survivors: tuple[str, ...] = ()
     abort_reason: str = ""

@@ -1,7 +1,11 @@
 """The coordinator's round engine: cohort selection, phase deadlines, secure aggregation, aggregation.
 
 One driver thread walks each round through its phases (``RoundPhase``); gRPC handler threads hand
-in messages (``submit_*``) and long-poll for the next phase's output (``await_*``). All shared
+in messages (``submit_*``) and long-poll for the next phase's output (``await_*``). Advertisements and
+survivor signatures are verified against the sender's certificate-bound key before they are relayed; a
+refused one costs its sender the round (the others do not wait for it), and a site refused at the door,
+or with ``max_invalid_messages`` rejected messages in one round, is excluded from the next
+``exclude_rounds`` rounds (logged, counted, and written to the round log). All shared
 state sits behind one ``threading.Condition``. A phase closes when every expected site has
 submitted or its deadline passes; sites that sent nothing count as dropped. Below the
 threshold the round aborts (``RoundAborted``), nothing is revealed, and the next round starts.
@@ -27,17 +31,21 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
 from pfmh_model.server_step import aggregator
 from proto.settings import FederationSettings
+from security.consistency import SurvivorSignature
 from security.dp_cohort import noise_cohort, sum_noise_multiplier
-from security.errors import RoundAborted, SecurityError, StageOutOfOrder, UnsafeConfiguration
+from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder, UnsafeConfiguration
+from security.pki_verify import load_certificate, site_signing_public_key
 from security.prg import PrgAlgorithm
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
     AdvertiseKeys,
     EncryptedShare,
     MaskedInput,
+    UnmaskRequest,
     UnmaskResponse,
 )
 from security.secagg_server import SecAggServer
+from security.signing import VerifyKey
 
 logger = logging.getLogger(__name__)
 # Set to "1" only in test and soak runs: completed rounds' decoded sums go to <state_dir>/aggregates/.
@@ -55,11 +63,14 @@ class RoundEngine:
         metrics: Prometheus collector.
         liveness_s: a site counts as live if it called within this many seconds.
         gather_s: once ``min_sites`` are live, wait at most this long for the other enrolled sites.
+        exclude_rounds: rounds a misbehaving site is left out of (0: never exclude).
+        max_invalid_messages: rejected messages in one round after which a site is excluded.
         clock: monotonic clock (injectable for tests).
     """
 
     def __init__(self, settings: FederationSettings, *, sites: tuple[str, ...], layout: UploadLayout,
                  store: StateStore, metrics: CoordinatorMetrics, liveness_s: float = 30.0, gather_s: float = 3.0,
+                 exclude_rounds: int = 3, max_invalid_messages: int = 3,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.sites = sites
@@ -75,6 +86,12 @@ class RoundEngine:
         self.current: RoundRun | None = None
         self.last_seen: dict[str, float] = {}
         self.departed: dict[str, str] = {}
+        self.exclude_rounds = exclude_rounds
+        self.max_invalid_messages = max_invalid_messages
+        self.excluded: dict[str, int] = {}  # site -> last round number it is left out of
+        for entry in self.state.history:  # exclusions survive a restart (they are in the round log)
+            for site, info in entry.get("excluded", {}).items():
+                self.excluded[site] = max(self.excluded.get(site, 0), int(info["until_round"]))
         self.stopping = False
         metrics.completed_rounds.set(self.state.completed_rounds)
         metrics.current_round.set(self.state.last_round_started)
@@ -114,8 +131,52 @@ class RoundEngine:
         return GlobalState(self.state.completed_rounds, self.state.prototypes, self.state.shared_model)
 
     def live_sites(self) -> list[str]:
-        now = self.clock()
-        return sorted(s for s, t in self.last_seen.items() if now - t <= self.liveness_s and s not in self.departed)
+        now, upcoming = self.clock(), self.state.last_round_started + 1
+        return sorted(s for s, t in self.last_seen.items() if now - t <= self.liveness_s and s not in self.departed
+                      and self.excluded.get(s, 0) < upcoming)
+
+    # ------------------------------------------------------------------ misbehaviour
+    def _exclude(self, run: RoundRun, site: str, reason: str) -> None:
+        """Refuse ``site`` for the rest of ``run`` and leave it out of the next ``exclude_rounds`` rounds."""
+        run.refused.add(site)
+        if self.exclude_rounds <= 0 or site in run.exclusions:
+            return
+        until = run.number + self.exclude_rounds
+        self.excluded[site] = max(self.excluded.get(site, 0), until)
+        run.exclusions[site] = {"until_round": until, "reason": reason[:200]}
+        self.metrics.exclusions.labels(self.metrics.site(site), _offence_label(reason)).inc()
+        logger.warning("round %d: site %s is excluded from rounds %d-%d: %s", run.number, site, run.number + 1,
+                       until, reason)
+        self.cond.notify_all()
+
+    def _refuse(self, run: RoundRun, site: str, kind: str, what: str, exc: BaseException) -> None:
+        """A message failed its signature or replay check at the door: name the sender, count it, exclude it."""
+        logger.warning("round %d: refused the %s of site %s: %s", run.number, what, site, exc)
+        self.metrics.refused.labels(self.metrics.site(site), kind).inc()
+        self._exclude(run, site, f"refused {what} in round {run.number}: {exc}"[:200])
+
+    def note_invalid(self, site: str, kind: str, error: BaseException) -> None:
+        """A message of ``site`` was rejected as invalid; repeated ones exclude it (called by the interceptor)."""
+        if (self.exclude_rounds <= 0 or isinstance(error, StageOutOfOrder | RoundAborted) or site not in self.sites
+                or "duplicate" in str(error)):
+            return  # late, aborted or a retried delivery: an innocent slow site, not a misbehaving one
+        with self.cond:
+            run = self.current
+            if run is None or site not in run.cohort:
+                return
+            run.invalid[site] = run.invalid.get(site, 0) + 1
+            if run.invalid[site] >= self.max_invalid_messages:
+                self._exclude(run, site, f"{run.invalid[site]} invalid messages in round {run.number} "
+                                         f"(last: {kind}: {str(error)[:120]})")
+
+    def _refuse_if_excluded(self, run: RoundRun, site: str) -> None:
+        if site in run.refused:
+            raise InvalidMessage(f"site {site!r} was refused earlier in round {run.number}; it takes no "
+                                 f"further part in this round")
+
+    @staticmethod
+    def _verify_key(certificate_pem: bytes) -> VerifyKey:
+        return VerifyKey(site_signing_public_key(load_certificate(certificate_pem)))
 
     def touch(self, site: str) -> None:
         with self.cond:
@@ -166,9 +227,21 @@ class RoundEngine:
                 self.cond.wait(min(remaining, 1.0))
 
     def submit_advertisement(self, site: str, message: AdvertiseKeys, certificate_pem: bytes) -> None:
+        """Verify the signature against ``site``'s certificate-bound key, then accept it for relay.
+
+        A forged or replayed advertisement is refused (SignatureInvalid, or InvalidMessage for a reused
+        key); its sender is out of this round, which goes on without waiting for it, and is excluded.
+        """
+        key = self._verify_key(certificate_pem)
         with self.cond:
             run = self._run(message.round, RoundPhase.ADVERTISE)
-            run.server.receive_advertisement(site, message)
+            self._refuse_if_excluded(run, site)
+            try:
+                run.server.receive_advertisement(site, message, verify_key=key)
+            except SecurityError as exc:
+                if not isinstance(exc, StageOutOfOrder) and "duplicate" not in str(exc):
+                    self._refuse(run, site, "AdvertiseKeys", "advertisement", exc)
+                raise
             run.certificates[site] = certificate_pem
             run.submitted.add(site)
             self.cond.notify_all()
@@ -185,6 +258,32 @@ class RoundEngine:
 
     def await_inbox(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
         return self._poll(self._await(site, round_number, RoundPhase.SHARE_KEYS, timeout_s), RoundPhase.SHARE_KEYS)
+
+    def unmask_request_for(self, site: str, run: RoundRun) -> UnmaskRequest | None:
+        """The survivors and dropouts announced to ``site`` (the same for every site; tests of a lying
+        coordinator replace this method)."""
+        return run.unmask_request
+
+    def submit_survivor_signature(self, site: str, message: SurvivorSignature) -> None:
+        """Phase 5a: verify ``site``'s signature on the view it was told before relaying it."""
+        with self.cond:
+            run = self._run(message.round, RoundPhase.CONSISTENCY)
+            self._refuse_if_excluded(run, site)
+            certificate = run.certificates.get(site)
+            key = self._verify_key(certificate) if certificate else None
+            try:
+                run.server.receive_survivor_signature(site, message, verify_key=key,
+                                                      request=self.unmask_request_for(site, run))
+            except SecurityError as exc:
+                if not isinstance(exc, StageOutOfOrder) and "duplicate" not in str(exc):
+                    self._refuse(run, site, "SubmitSurvivorSignature", "survivor signature", exc)
+                raise
+            run.submitted.add(site)
+            self.cond.notify_all()
+
+    def await_signatures(self, site: str, round_number: int, timeout_s: float) -> tuple[Poll, RoundRun | None]:
+        return self._poll(self._await(site, round_number, RoundPhase.CONSISTENCY, timeout_s),
+                          RoundPhase.CONSISTENCY)
 
     def submit_masked_input(self, site: str, message: MaskedInput) -> None:
         with self.cond:
@@ -240,7 +339,9 @@ class RoundEngine:
                 self.metrics.live_sites.set(len(live))
                 if len(live) >= self.settings.min_sites:
                     first_ready = first_ready or self.clock()
-                    if len(live) == len(self.sites) or self.clock() - first_ready >= self.gather_s:
+                    upcoming = self.state.last_round_started + 1
+                    allowed = sum(1 for site in self.sites if self.excluded.get(site, 0) < upcoming)
+                    if len(live) == allowed or self.clock() - first_ready >= self.gather_s:
                         return tuple(live)
                 else:
                     first_ready = None
@@ -250,7 +351,7 @@ class RoundEngine:
     def _wait_phase(self, run: RoundRun, expected: set[str], timeout_s: float) -> None:
         deadline = self.clock() + timeout_s
         with self.cond:
-            while not self.stopping and not (expected - set(self.departed)) <= run.submitted:
+            while not self.stopping and not (expected - set(self.departed) - run.refused) <= run.submitted:
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     break
@@ -275,14 +376,17 @@ class RoundEngine:
             number = self.state.last_round_started
             self.state.open_round = {"round": number, "cohort": list(cohort)}
             self.store.save_round_started(self.state)  # write-ahead: round numbers are never reused
+            sa = self.settings.secagg
             config = SecAggConfig(federation_id=self.settings.federation_id, vector_length=self.layout.length,
-                                  fraction_bits=self.settings.secagg.fraction_bits,
-                                  max_abs_value=self.settings.secagg.max_abs_value,
-                                  neighbours=self.settings.secagg.neighbours or None,
-                                  threshold=self.settings.secagg.threshold or None,
-                                  prg=PrgAlgorithm(self.settings.secagg.prg))
+                                  fraction_bits=sa.fraction_bits, max_abs_value=sa.max_abs_value,
+                                  neighbours=sa.neighbours or None, threshold=sa.threshold or None,
+                                  prg=PrgAlgorithm(sa.prg), colluders=None if sa.colluders < 0 else sa.colluders,
+                                  consistency_check=sa.consistency_check)
             run = RoundRun(number, cohort, SecAggServer(config, cohort, round_number=number), self.global_state(),
                            started=self.clock(), phase_started=self.clock())
+            run.left_out = tuple(sorted(s for s, last in self.excluded.items() if last >= number))
+            if run.left_out:
+                logger.warning("round %d leaves out excluded site(s) %s", number, ", ".join(run.left_out))
             self.runs[number] = run
             for old in [n for n in self.runs if n < number - 2]:
                 del self.runs[old]
@@ -321,8 +425,15 @@ class RoundEngine:
             with self.cond:
                 run.unmask_request = run.server.close_masked_inputs()
                 self._check_noise_cohort(run)
-                self._advance(run, RoundPhase.UNMASK, shared)
+                self._advance(run, RoundPhase.CONSISTENCY if s.secagg.consistency_check else RoundPhase.UNMASK,
+                              shared)
             survivors = set(run.unmask_request.survivors)
+            if s.secagg.consistency_check:
+                self._wait_phase(run, survivors, s.phase_timeout_s)
+                with self.cond:
+                    run.signatures = run.server.close_consistency()
+                    self._advance(run, RoundPhase.UNMASK, survivors)
+                survivors = set(run.signatures)
             self._wait_phase(run, survivors, s.phase_timeout_s)
             with self.cond:
                 aggregate = run.server.finish()
@@ -362,7 +473,8 @@ class RoundEngine:
         seconds = self.clock() - run.started
         self.state.history.append({"round": run.number, "outcome": "completed", "survivors": list(survivors),
                                    "cohort": list(run.cohort), "seconds": round(seconds, 3),
-                                   "inputs": list(survivors), "dp": self._dp_expected()})  # the round log
+                                   "inputs": list(survivors), "dp": self._dp_expected(),  # the round log
+                                   **self._misbehaviour(run)})
         self.state.open_round = None
         self.store.save_round_outcome(self.state, completed=True)  # before anyone can see the result
         run.result = GlobalState(self.state.completed_rounds, new.prototypes, new.shared_model)
@@ -374,6 +486,17 @@ class RoundEngine:
         self.metrics.upload_bytes.set(self.layout.length * 8)
         logger.info("round %d completed (%d/%d) with %d survivors in %.1fs", run.number,
                     self.state.completed_rounds, self.settings.rounds, len(survivors), seconds)
+
+    def _misbehaviour(self, run: RoundRun) -> dict:
+        """Round-log fields: sites refused in this round, excluded from later ones, and left out of it."""
+        out: dict = {}
+        if run.refused:
+            out["refused"] = sorted(run.refused)
+        if run.exclusions:
+            out["excluded"] = dict(sorted(run.exclusions.items()))
+        if run.left_out:
+            out["left_out_excluded"] = list(run.left_out)
+        return out
 
     def _record_aggregate(self, number: int, total: np.ndarray) -> None:
         """Test hook (``PFMH_TEST_RECORD_AGGREGATES=1``): keep the decoded sum as ``aggregates/round-N.npy``.
@@ -397,12 +520,21 @@ class RoundEngine:
             run.phase = RoundPhase.ABORTED
             self.state.history.append({"round": run.number, "outcome": "aborted", "reason": reason,
                                        "cohort": list(run.cohort), "inputs_received": sorted(run.masked_inputs),
-                                       "dp": self._dp_expected()})
+                                       "dp": self._dp_expected(), **self._misbehaviour(run)})
             self.state.open_round = None
             self.store.save_round_outcome(self.state, completed=False)
             self.metrics.rounds_aborted.labels(_reason_label(reason)).inc()
             self.cond.notify_all()
         logger.warning("round %d aborted: %s (nothing revealed)", run.number, reason)
+
+
+def _offence_label(reason: str) -> str:
+    """A bounded metric label for why a site was excluded."""
+    for key, label in (("advertisement", "advertisement"), ("survivor signature", "survivor_signature"),
+                       ("invalid messages", "invalid_messages")):
+        if key in reason:
+            return label
+    return "other"
 
 
 def _reason_label(reason: str) -> str:

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from coordinator.auth import AuthInterceptor
+from coordinator.auth import AuthInterceptor, current_site
 from coordinator.config import CoordinatorConfig
 from coordinator.interceptors import ErrorInterceptor, MetricsInterceptor
 from coordinator.ledgers import LedgerStore
@@ -27,6 +27,7 @@ from coordinator.servicer import FederationServicer
 from pfmh_model.aggregation import UploadLayout
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import FederationSettings
+from security.errors import InvalidMessage
 from security.pki_verify import load_certificate
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def upload_layout(settings: FederationSettings) -> UploadLayout:
                                  num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
     protos = settings.uses_prototypes
     return UploadLayout(settings.num_classes if protos else 0, bits if protos else 0, size)
+
+
+def _rejected(metrics: CoordinatorMetrics, engine: RoundEngine, kind: str, error: BaseException | None) -> None:
+    """A message was rejected: count it by kind, and by site for the repeated-offence exclusion."""
+    metrics.rejected.labels(kind).inc()
+    engine.note_invalid(current_site(), kind, error if error is not None else InvalidMessage("malformed request"))
 
 
 def _credentials(cfg: CoordinatorConfig, base: Path) -> grpc.ServerCredentials:
@@ -72,7 +79,8 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
     state_dir = base / cfg.state_dir
     engine = RoundEngine(cfg.federation, sites=cfg.sites, layout=upload_layout(cfg.federation),
                          store=StateStore(state_dir), metrics=metrics, liveness_s=cfg.server.liveness_s,
-                         gather_s=cfg.server.gather_s)
+                         gather_s=cfg.server.gather_s, exclude_rounds=cfg.server.exclude_rounds,
+                         max_invalid_messages=cfg.server.max_invalid_messages)
     ledgers = LedgerStore(state_dir)
     auth = AuthInterceptor(ca_cert=load_certificate(base / cfg.tls.ca_cert),
                            crl_path=(base / cfg.tls.crl) if cfg.tls.crl else None, enrolled=cfg.sites,
@@ -85,7 +93,7 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers,
                                                     thread_name_prefix="pfmh-rpc"),
                          interceptors=[auth, MetricsInterceptor(metrics),
-                                       ErrorInterceptor(lambda kind: metrics.rejected.labels(kind).inc())],
+                                       ErrorInterceptor(lambda kind, error: _rejected(metrics, engine, kind, error))],
                          options=options, maximum_concurrent_rpcs=cfg.server.max_workers * 4)
     servicer = FederationServicer(engine, metrics, long_poll_s=cfg.server.long_poll_s, on_ledger=ledgers.receive,
                                   ledger_head=ledgers.head)

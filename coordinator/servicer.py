@@ -20,6 +20,7 @@ from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import PROTOCOL_VERSION
 from proto.tensors import to_tensor
+from security.consistency import SurvivorSignature
 from security.errors import InvalidMessage
 from security.secagg_messages import AdvertiseKeys, EncryptedShare, MaskedInput, RevealedShare, UnmaskResponse
 
@@ -153,11 +154,31 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def GetUnmaskRequest(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.UnmaskRequest:
         self._check_federation(request.federation_id)
-        status, run = self.engine.await_unmask_request(current_site(), request.round, self._wait_s(context))
+        site = current_site()
+        status, run = self.engine.await_unmask_request(site, request.round, self._wait_s(context))
         reply = pb.UnmaskRequest(status=POLL[status], round=request.round)
-        if status is Poll.READY and run is not None and run.unmask_request is not None:
-            reply.survivors.extend(run.unmask_request.survivors)
-            reply.dropouts.extend(run.unmask_request.dropouts)
+        told = self.engine.unmask_request_for(site, run) if status is Poll.READY and run is not None else None
+        if told is not None:
+            reply.survivors.extend(told.survivors)
+            reply.dropouts.extend(told.dropouts)
+        return reply
+
+    def SubmitSurvivorSignature(self, request: pb.SurvivorSignatureRequest,
+                                context: grpc.ServicerContext) -> pb.Ack:
+        self._check_federation(request.federation_id)
+        site = current_site()
+        self.engine.submit_survivor_signature(site, SurvivorSignature(request.federation_id, request.round, site,
+                                                                      request.signature))
+        return pb.Ack(round=request.round)
+
+    def GetSurvivorSignatures(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.SurvivorSignatures:
+        self._check_federation(request.federation_id)
+        site = current_site()
+        status, run = self.engine.await_signatures(site, request.round, self._wait_s(context))
+        reply = pb.SurvivorSignatures(status=POLL[status], round=request.round)
+        if status is Poll.READY and run is not None and run.signatures is not None:
+            reply.signatures.extend(pb.SurvivorSignature(site=s.site_id, signature=s.signature)
+                                    for s in run.signatures.get(site, ()))
         return reply
 
     def Unmask(self, request: pb.UnmaskReply, context: grpc.ServicerContext) -> pb.Ack:

@@ -1,4 +1,5 @@
-"""``pfmh-participant``: ``join``, ``search``, ``archive``, ``serve-search`` and ``budget``."""
+"""``pfmh-participant``: ``enroll``/``install`` (site-held keys), ``join``, ``search``, ``archive``,
+``serve-search`` and ``budget``."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("--site", required=True, help="this site's id (must match the config and certificate)")
     join.add_argument("--config", required=True, type=Path, help="site.toml")
     join.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    enroll = sub.add_parser("enroll", help="make this site's TLS and signing keys here, and a request for the CA")
+    enroll.add_argument("--site", required=True, help="this site's id, [a-z0-9-]{1,63}")
+    enroll.add_argument("--federation", required=True, help="the federation id (as in the CA)")
+    enroll.add_argument("--dir", required=True, type=Path, help="this site's key folder (created 0700)")
+    enroll.add_argument("--host", action="append", help="SAN IP/DNS (repeatable; default 127.0.0.1, localhost)")
+    enroll.add_argument("--renew", action="store_true",
+                        help="new TLS key and request, same signing key (the site's ledger keeps verifying)")
+    install = sub.add_parser("install", help="install the certificate the CA signed for this site's request")
+    install.add_argument("--dir", required=True, type=Path, help="the key folder given to enroll")
+    install.add_argument("--cert", required=True, type=Path, help="the signed certificate (PEM)")
+    install.add_argument("--ca", required=True, type=Path, help="the federation CA certificate (PEM)")
     search = sub.add_parser("search", help="search this site's archive with the learned binary codes")
     search.add_argument("--config", required=True, type=Path, help="site.toml")
     search.add_argument("--query-file", type=Path, default=None,
@@ -72,6 +84,28 @@ def join(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+def enroll(args: argparse.Namespace) -> int:
+    from security.pki_csr import create_request
+
+    csr = create_request(federation_id=args.federation, name=args.site, directory=args.dir,
+                         hosts=args.host or ("127.0.0.1", "localhost"), renew=args.renew)
+    kept = "kept" if args.renew else "made"
+    print(f"{args.site}: new TLS key, signing key {kept}, private keys in {args.dir} (mode 0600, keep them here)")
+    print(f"send {csr} to the federation CA ('pfmh-ca sign --csr {csr.name} --expect {args.site}'), then run "
+          f"'pfmh-participant install --dir {args.dir} --cert <signed.crt> --ca <ca.crt>'")
+    return 0
+
+
+def install(args: argparse.Namespace) -> int:
+    from security.pki_csr import install_certificate
+
+    identity = install_certificate(directory=args.dir, cert_pem=args.cert.read_bytes(),
+                                   ca_cert_pem=args.ca.read_bytes())
+    print(f"installed the certificate of {identity.site_id!r} (serial {identity.serial:x}, valid until "
+          f"{identity.not_after.isoformat()}) in {args.dir}; restart this site's 'join' to use it")
+    return 0
+
+
 def search(args: argparse.Namespace) -> int:
     from participant.search_cli import run_search
 
@@ -87,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return join(args)
         if args.command == "search":
             return search(args)
+        if args.command in ("enroll", "install"):
+            return enroll(args) if args.command == "enroll" else install(args)
         if args.command in ("archive", "serve-search"):
             from participant.archive_cli import run_archive_command
             return run_archive_command(args)

@@ -35,6 +35,7 @@ from pfmh_model.training import flatten_state, unflatten_state
 from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION, FederationSettings
 from proto.tensors import from_tensor
+from security.consistency import SurvivorSignature
 from security.dp_cohort import noise_cohort
 from security.errors import BudgetExceeded, SecurityError
 from security.pki import Role
@@ -42,7 +43,7 @@ from security.pki_verify import load_certificate, load_crl, site_signing_public_
 from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
 from security.secagg_config import SecAggConfig
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest
+from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
 from security.signing import SigningKey, VerifyKey
 
 logger = logging.getLogger(__name__)
@@ -165,7 +166,9 @@ class SiteDaemon:
             federation_id=settings.federation_id, vector_length=self.layout.length,
             fraction_bits=settings.secagg.fraction_bits, max_abs_value=settings.secagg.max_abs_value,
             neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None,
-            prg=PrgAlgorithm(settings.secagg.prg))
+            prg=PrgAlgorithm(settings.secagg.prg),
+            colluders=None if settings.secagg.colluders < 0 else settings.secagg.colluders,
+            consistency_check=settings.secagg.consistency_check)
         self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=self.secagg_config)
         self.after_round = self.completed_rounds = 0
         self._restore()
@@ -292,7 +295,8 @@ class SiteDaemon:
         self.client.call("SubmitMaskedInput", pb.MaskedInputRequest(
             federation_id=fed, round=number, masked_uint64_le=masked.data, vector_length=masked.vector_length))
         request = self.client.poll("GetUnmaskRequest", query, deadline_s=2 * config.phase_timeout_s)
-        response = self.secagg.unmask(UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts)))
+        response = self._unmask(query, UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts)),
+                                verify_keys, 2 * config.phase_timeout_s)
         self.client.call("Unmask", pb.UnmaskReply(
             federation_id=fed, round=number,
             self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],
@@ -311,6 +315,20 @@ class SiteDaemon:
         self.on_round(RoundReport(number, True, map_value, epsilon, self.bytes["sent"] - sent0,
                                   self.bytes["received"] - received0, time.perf_counter() - started,
                                   f"{len(result.survivors)} survivors"))
+
+    def _unmask(self, query: pb.PhaseQuery, request: UnmaskRequest, verify_keys: dict[str, VerifyKey],
+                wait_s: float) -> UnmaskResponse:
+        """Phase 5 (5a first, unless the federation runs the semi-honest protocol): sign the survivor set we
+        were told, fetch our neighbourhood's signatures, and reveal shares only if enough of them agree."""
+        if not self.settings.secagg.consistency_check:
+            return self.secagg.unmask(request)
+        signed = self.secagg.sign_survivors(request)
+        self.client.call("SubmitSurvivorSignature", pb.SurvivorSignatureRequest(
+            federation_id=query.federation_id, round=query.round, signature=signed.signature))
+        bundle = self.client.poll("GetSurvivorSignatures", query, deadline_s=wait_s)
+        signatures = [SurvivorSignature(query.federation_id, query.round, s.site, s.signature)
+                      for s in bundle.signatures]
+        return self.secagg.unmask(request, signatures=signatures, verify_keys=verify_keys)
 
     def _directory(self, fed: str, number: int, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
         """Peers' advertisements, with each signing key taken from a certificate this site verified itself.

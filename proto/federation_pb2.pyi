@@ -214,6 +214,34 @@ class UnmaskRequest(_message.Message):
     dropouts: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., survivors: _Optional[_Iterable[str]] = ..., dropouts: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class SurvivorSignatureRequest(_message.Message):
+    __slots__ = ("federation_id", "round", "signature")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    round: int
+    signature: bytes
+    def __init__(self, federation_id: _Optional[str] = ..., round: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SurvivorSignature(_message.Message):
+    __slots__ = ("site", "signature")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    signature: bytes
+    def __init__(self, site: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SurvivorSignatures(_message.Message):
+    __slots__ = ("status", "round", "signatures")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    status: PollStatus
+    round: int
+    signatures: _containers.RepeatedCompositeFieldContainer[SurvivorSignature]
+    def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., signatures: _Optional[_Iterable[_Union[SurvivorSignature, _Mapping]]] = ...) -> None: ...
+
 class RevealedShare(_message.Message):
     __slots__ = ("owner", "share")
     OWNER_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,16 @@ class FederationStub:
                 request_serializer=proto_dot_federation__pb2.PhaseQuery.SerializeToString,
                 response_deserializer=proto_dot_federation__pb2.UnmaskRequest.FromString,
                 _registered_method=True)
+        self.SubmitSurvivorSignature = channel.unary_unary(
+                '/pfmh.v1.Federation/SubmitSurvivorSignature',
+                request_serializer=proto_dot_federation__pb2.SurvivorSignatureRequest.SerializeToString,
+                response_deserializer=proto_dot_federation__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetSurvivorSignatures = channel.unary_unary(
+                '/pfmh.v1.Federation/GetSurvivorSignatures',
+                request_serializer=proto_dot_federation__pb2.PhaseQuery.SerializeToString,
+                response_deserializer=proto_dot_federation__pb2.SurvivorSignatures.FromString,
+                _registered_method=True)
         self.Unmask = channel.unary_unary(
                 '/pfmh.v1.Federation/Unmask',
                 request_serializer=proto_dot_federation__pb2.UnmaskReply.SerializeToString,
@@ -162,6 +172,21 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSurvivorSignature(self, request, context):
+        """Phase 5a, the consistency check (Bonawitz et al. 2017): each survivor signs the survivor view it
+        was told; before revealing any share it fetches the signatures of the survivors within three
+        graph hops and checks that enough holders of every site signed the very same view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSurvivorSignatures(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Unmask(self, request, context):
         """Phase 5: shares of dropped sites' mask keys and of survivors' self-mask seeds.
         """
@@ -243,6 +268,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetUnmaskRequest,
                     request_deserializer=proto_dot_federation__pb2.PhaseQuery.FromString,
                     response_serializer=proto_dot_federation__pb2.UnmaskRequest.SerializeToString,
+            ),
+            'SubmitSurvivorSignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSurvivorSignature,
+                    request_deserializer=proto_dot_federation__pb2.SurvivorSignatureRequest.FromString,
+                    response_serializer=proto_dot_federation__pb2.Ack.SerializeToString,
+            ),
+            'GetSurvivorSignatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSurvivorSignatures,
+                    request_deserializer=proto_dot_federation__pb2.PhaseQuery.FromString,
+                    response_serializer=proto_dot_federation__pb2.SurvivorSignatures.SerializeToString,
             ),
             'Unmask': grpc.unary_unary_rpc_method_handler(
                     servicer.Unmask,
@@ -491,6 +526,60 @@ class Federation:
             '/pfmh.v1.Federation/GetUnmaskRequest',
             proto_dot_federation__pb2.PhaseQuery.SerializeToString,
             proto_dot_federation__pb2.UnmaskRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSurvivorSignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pfmh.v1.Federation/SubmitSurvivorSignature',
+            proto_dot_federation__pb2.SurvivorSignatureRequest.SerializeToString,
+            proto_dot_federation__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSurvivorSignatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pfmh.v1.Federation/GetSurvivorSignatures',
+            proto_dot_federation__pb2.PhaseQuery.SerializeToString,
+            proto_dot_federation__pb2.SurvivorSignatures.FromString,
             options,
             channel_credentials,
             insecure,

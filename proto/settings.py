@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-PROTOCOL_VERSION = 2  # 2: compact key directories (Advertisements.advertisers)
+PROTOCOL_VERSION = 3  # 2: compact key directories (Advertisements.advertisers); 3: consistency check
 
 
 class SettingsError(Exception):
@@ -122,6 +122,8 @@ class SecAggSettings:
     fraction_bits: int = 20
     max_abs_value: float = 1.0e7
     prg: str = "aes256-ctr"        # mask stream: aes256-ctr (fast with AES-NI) or chacha20
+    colluders: int = -1            # colluding sites to tolerate; -1: as many as the threshold allows
+    consistency_check: bool = True  # false: semi-honest protocol, only against an honest coordinator
 
 
 @dataclass(frozen=True)

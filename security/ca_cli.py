@@ -1,8 +1,9 @@
-"""``pfmh-ca``: the federation CA command line (init, issue, revoke, crl, list, verify).
+"""``pfmh-ca``: the federation CA command line (init, sign, issue, revoke, crl, list, verify).
 
 Examples::
 
     pfmh-ca init --dir pki --federation demo
+    pfmh-ca sign --dir pki --csr hospital-a.csr --expect hospital-a   # keys made at the site (preferred)
     pfmh-ca issue --dir pki --coordinator
     pfmh-ca issue --dir pki --site hospital-a
     pfmh-ca revoke --dir pki --site hospital-a --reason keyCompromise
@@ -21,9 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from security.errors import CertificateRejected, PkiError
-from security.pki import CA_CERT, CA_DIRNAME, Role, create_ca, load_ca
+from security.pki import CA_CERT, CA_DIRNAME, Role, create_ca, load_ca, write_file_atomic
+from security.pki_csr import sign_request
 from security.pki_issue import issue_certificate, issued_certificates, publish_crl, revoke
 from security.pki_verify import load_certificate, load_crl, verify_peer_certificate
 
@@ -44,7 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     p = add("init", "create the federation CA and an empty CRL")
     p.add_argument("--federation", required=True, help="federation id, [a-z0-9.-]{1,63}")
     p.add_argument("--valid-days", type=int, default=3650)
-    p = add("issue", "issue a TLS certificate + Ed25519 signing key for a site or the coordinator")
+    p = add("sign", "sign a site's certificate request (made with 'pfmh-participant enroll'; keys stay at the site)")
+    p.add_argument("--csr", required=True, type=Path, help="the request file (PEM) the site sent")
+    p.add_argument("--out", type=Path, help="certificate file to write (default: the CSR path with .crt)")
+    p.add_argument("--expect", help="refuse unless the request names this identity")
+    p.add_argument("--role", choices=[r.value for r in Role], default=Role.SITE.value,
+                   help="role the request must ask for (default: site)")
+    p.add_argument("--valid-days", type=int, default=365)
+    p = add("issue", "issue a TLS certificate + Ed25519 signing key for a site or the coordinator "
+                     "(keys made by the CA: prefer 'sign')")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--site", help="site name, [a-z0-9-]{1,63}")
     who.add_argument("--coordinator", action="store_true", help="issue the identity 'coordinator'")
@@ -88,6 +100,15 @@ def _run(args: argparse.Namespace) -> int:
         ca = create_ca(federation_id=args.federation, out_dir=args.dir, valid_days=args.valid_days,
                        passphrase=_passphrase(args))
         print(f"created CA for federation {ca.federation_id!r} in {args.dir / CA_DIRNAME}")
+    elif args.command == "sign":
+        ca = load_ca(args.dir, passphrase=_passphrase(args))
+        cert = sign_request(ca=ca, csr_pem=args.csr.read_bytes(), expected_name=args.expect,
+                            allowed_roles=(Role(args.role),), valid_days=args.valid_days)
+        out = args.out or args.csr.with_suffix(".crt")
+        write_file_atomic(out, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        print(f"signed {args.role} {name!r} serial {cert.serial_number:x} valid until "
+              f"{cert.not_valid_after_utc.isoformat()}: send {out} and {args.dir / CA_DIRNAME / CA_CERT} back")
     elif args.command == "issue":
         ca = load_ca(args.dir, passphrase=_passphrase(args))
         role, name = (Role.COORDINATOR, "coordinator") if args.coordinator else (Role.SITE, args.site)

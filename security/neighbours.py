@@ -76,3 +76,15 @@ def neighbours(cohort: Sequence[str], *, k: int, round_seed: bytes) -> dict[str,
     half = k // 2
     return {site: frozenset(ring[(pos + off) % n] for off in range(-half, half + 1) if off)
             for pos, site in enumerate(ring)}
+
+
+def within_hops(graph: dict[str, frozenset[str]], site: str, hops: int) -> frozenset[str]:
+    """``site`` and every site at most ``hops`` graph edges away.
+
+    Three hops is what the consistency check needs: the holders of the holders of every share ``site``
+    holds (``security.secagg_client.SecAggClient.unmask``).
+    """
+    near = frozenset({site})
+    for _ in range(hops):
+        near = near.union(*(graph[v] for v in near))
+    return near

@@ -129,25 +129,8 @@ def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
     signing_key = _existing_signing_key(directory / pki.SIGNING_KEY) if renew else Ed25519PrivateKey.generate()
     signing_spki = signing_key.public_key().public_bytes(serialization.Encoding.DER,
                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.federation_id),
-                                     x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.cert.subject).public_key(tls_key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(nb).not_valid_after(na)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(pki.key_usage(key_cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(_EKU[role]), critical=False)
-            .add_extension(_san(ca.federation_id, role, name, hosts), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(tls_key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-                           critical=False)
-            .add_extension(x509.UnrecognizedExtension(pki.SIGNING_KEY_OID, signing_spki), critical=False)
-            .sign(ca.key, hashes.SHA256()))
-    index = read_index(ca.root)
-    index["certificates"].append({"serial": format(cert.serial_number, "x"), "name": name, "role": role.value,
-                                  "not_before": nb.isoformat(), "not_after": na.isoformat(),
-                                  "revoked_at": None, "revocation_reason": None})
-    _write_index(ca.root, index)  # first: whatever reaches the disk can be revoked
+    cert = build_certificate(ca=ca, role=role, name=name, hosts=hosts, tls_public_key=tls_key.public_key(),
+                             signing_spki=signing_spki, not_before=nb, not_after=na)
     pem = serialization.Encoding.PEM
     for filename, data, mode in ((pki.TLS_KEY, pki.private_key_pem(tls_key, passphrase=None), 0o600),
                                  (pki.SIGNING_KEY, pki.private_key_pem(signing_key, passphrase=None), 0o600),
@@ -157,6 +140,37 @@ def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
     return IssuedIdentity(directory=directory, cert=cert, cert_path=directory / pki.TLS_CERT,
                           key_path=directory / pki.TLS_KEY, signing_key_path=directory / pki.SIGNING_KEY,
                           ca_cert_path=directory / pki.CA_CERT)
+
+
+def build_certificate(*, ca: CertificateAuthority, role: Role, name: str, hosts: Sequence[str],
+                      tls_public_key: ec.EllipticCurvePublicKey, signing_spki: bytes, not_before: dt.datetime,
+                      not_after: dt.datetime) -> x509.Certificate:
+    """Sign an identity certificate for public keys made elsewhere, and record it in the CA index first.
+
+    Args:
+        tls_public_key: the identity's ECDSA P-256 TLS key.
+        signing_spki: DER SubjectPublicKeyInfo of its Ed25519 signing key (bound in ``SIGNING_KEY_OID``).
+    """
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.federation_id),
+                                     x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.cert.subject).public_key(tls_public_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(pki.key_usage(key_cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(_EKU[role]), critical=False)
+            .add_extension(_san(ca.federation_id, role, name, hosts), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(tls_public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                           critical=False)
+            .add_extension(x509.UnrecognizedExtension(pki.SIGNING_KEY_OID, signing_spki), critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    index = read_index(ca.root)
+    index["certificates"].append({"serial": format(cert.serial_number, "x"), "name": name, "role": role.value,
+                                  "not_before": not_before.isoformat(), "not_after": not_after.isoformat(),
+                                  "revoked_at": None, "revocation_reason": None})
+    _write_index(ca.root, index)  # first: whatever reaches the disk can be revoked
+    return cert
 
 
 def _existing_signing_key(path: Path) -> Ed25519PrivateKey:

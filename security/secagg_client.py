@@ -1,7 +1,8 @@
 """Participant side of secure aggregation (Bonawitz et al. 2017 with the SecAgg+ graph of Bell et al. 2020).
 
-One :class:`SecAggClient` per site; each round walks ``advertise -> share_keys -> masked_input -> unmask``
-(stages in ``security.stages``). All arithmetic and cryptography live in the small modules; this class only
+One :class:`SecAggClient` per site; each round walks ``advertise -> share_keys -> masked_input ->
+sign_survivors -> unmask`` (stages in ``security.stages``; ``sign_survivors`` is the consistency check,
+skipped only in the semi-honest mode). All arithmetic and cryptography live in the small modules; this class only
 validates, orders and wires them. Any failure inside a phase (bad signature, tampered ciphertext, too few
 peers, a request that would reveal both secrets of one site) moves the round to ABORTED, forgets its secrets
 and raises the specific error; a call in the wrong stage raises StageOutOfOrder and changes nothing.
@@ -10,12 +11,16 @@ Security:
     Peer signatures are checked with verify keys the caller already trusts (from peer certificates), never
     keys the coordinator sends. The neighbour graph is recomputed locally from the public round seed. For
     every site the client releases either the self-seed share (site survived) or the mask-key share (site
-    dropped), never both, and only once per round. Secrets are dropped as soon as they are no longer needed
-    (Python cannot wipe memory; they are unreferenced). Threat model: honest-but-curious coordinator
-    colluding with fewer than t sites (DESIGN.md section 1).
+    dropped), never both, and only once per round. Every share is bound to the advertiser list its sender
+    built the graph from, so neighbours that were shown different lists refuse each other's shares. Before
+    revealing anything the client signs the survivor view it was told and requires, for every site whose
+    share it reveals, valid signatures on the same view from t of that site's holders
+    (``security.consistency``). Secrets are dropped as soon as they are no longer needed (Python cannot
+    wipe memory; they are unreferenced). Threat model: a coordinator that may lie about dropouts, colluding
+    with at most ``plan.colluders`` sites, ``2t > m + c`` (docs/PRIVACY.md).
 
 References:
-    Bonawitz et al., CCS 2017, Sec. 4 (Fig. 4, semi-honest protocol); Bell et al., CCS 2020, Sec. 3.
+    Bonawitz et al., CCS 2017, Sec. 4 (Fig. 4) and Sec. 6 (consistency check); Bell et al., CCS 2020, Sec. 3.
 """
 from __future__ import annotations
 
@@ -30,6 +35,14 @@ import numpy as np
 import numpy.typing as npt
 
 from security import fixed_point, shamir, share_encryption
+from security.consistency import (
+    DIGEST_BYTES,
+    SurvivorSignature,
+    SurvivorView,
+    graph_digest,
+    sign_view,
+    valid_signers,
+)
 from security.context import BROADCAST, SessionContext
 from security.errors import (
     InvalidMessage,
@@ -81,6 +94,9 @@ class _ClientRound:
     advertisement: AdvertiseKeys
     peers: dict[str, AdvertiseKeys] | None = None          # verified advertisements of graph neighbours
     indices: dict[str, int] | None = None                   # Shamir x-coordinate of every advertised site
+    graph: dict[str, frozenset[str]] | None = None          # this site's view of the round graph
+    graph_digest: bytes = b""                               # digest of the advertiser list it came from
+    view: SurvivorView | None = None                        # the survivor view this site signed
     self_seed: MaskSeed | None = None
     own_shares: tuple[shamir.Share, shamir.Share] | None = None
     held: dict[str, tuple[shamir.Share, shamir.Share]] = field(default_factory=dict)  # owner -> (key, seed)
@@ -228,6 +244,7 @@ class SecAggClient:
                 _verify(adverts[peer], verify_keys)
             state.indices = {site: pos + 1 for pos, site in enumerate(order)}
             state.peers = {site: adverts[site] for site in mine}
+            state.graph, state.graph_digest = graph, graph_digest(order)
             holders = sorted([*mine, self._site])
             if len(holders) < t:
                 raise RoundAborted(f"{len(holders)} share holders < threshold {t}")
@@ -248,8 +265,8 @@ class SecAggClient:
                     private_key=share_key, context=context,
                     peer_public_key=AgreementPublicKey.from_bytes(adverts[holder].share_public_key))
                 sealed = share_encryption.seal(key=aead_key, context=context, rng_source=self._rng,
-                                               plaintext=pack_share_pair(key_share.to_bytes(),
-                                                                         seed_share.to_bytes()))
+                                               plaintext=state.graph_digest + pack_share_pair(
+                                                   key_share.to_bytes(), seed_share.to_bytes()))
                 out.append(EncryptedShare(self._config.federation_id, state.round, self._site, holder,
                                           sealed.nonce, sealed.data))
         return out
@@ -290,7 +307,10 @@ class SecAggClient:
                 plaintext = share_encryption.open(
                     key=aead_key, context=context,
                     ciphertext=share_encryption.Ciphertext(message.nonce, message.ciphertext))
-                raw_key, raw_seed = unpack_share_pair(plaintext)
+                if plaintext[:DIGEST_BYTES] != state.graph_digest:
+                    raise ShareInvalid(f"share from {sender!r} was made for another advertiser list (round "
+                                       f"graph); the coordinator sent the two sites different directories")
+                raw_key, raw_seed = unpack_share_pair(plaintext[DIGEST_BYTES:])
                 pair = (shamir.Share.from_bytes(raw_key), shamir.Share.from_bytes(raw_seed))
                 if any(s.index != indices[self._site] for s in pair):
                     raise ShareInvalid(f"share from {sender!r} carries another holder's index")
@@ -312,35 +332,87 @@ class SecAggClient:
                                                   encoded)
         return message_out
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+    def _check_request(self, state: _ClientRound, request: UnmaskRequest) -> None:
+        self._check_header(state, request.federation_id, request.round)
+        survivors, dropouts = set(request.survivors), set(request.dropouts)
+        if len(survivors) != len(request.survivors) or len(dropouts) != len(request.dropouts):
+            raise InvalidMessage("unmask request names a site twice in one list")
+        if survivors & dropouts:
+            raise InvalidMessage(f"unmask request names {sorted(survivors & dropouts)} as both survivor "
+                                 f"and dropout; revealing both secrets would expose their input")
+        if self._site not in survivors:
+            raise InvalidMessage(f"unmask request does not list {self._site!r} among survivors")
+        known = _need(state.indices)
+        if not (survivors | dropouts) <= known.keys():
+            raise InvalidMessage(f"unmask request names sites that did not advertise: "
+                                 f"{sorted((survivors | dropouts) - known.keys())}")
+        stray = (survivors | dropouts) & (_need(state.peers).keys() - state.held.keys())
+        if stray:
+            raise InvalidMessage(f"neighbours {sorted(stray)} never shared keys with {self._site!r} "
+                                 f"but are listed; refuse the inconsistent request")
+        t = state.plan.threshold
+        if len(survivors) < t:
+            raise RoundAborted(f"{len(survivors)} survivors < threshold {t}")
+
+    def sign_survivors(self, request: UnmaskRequest) -> SurvivorSignature:
+        """Phase 5a (consistency check): check the unmask request, then sign the view it gives this site.
+
+        The signed view is (advertiser list of this site's graph, survivors, dropouts); an honest site signs
+        one view per round. Nothing secret is revealed here.
+
+        Raises:
+            InvalidMessage: as :meth:`unmask` would for the request.
+            RoundAborted: fewer than t survivors.
+            StageOutOfOrder: the semi-honest mode (no consistency check) or a call out of order.
+        """
+        if not self._config.consistency_check:
+            raise StageOutOfOrder("this federation runs without the consistency check; call unmask directly")
+        with self._phase(Stage.CONSISTENCY_CHECK) as state:
+            self._check_request(state, request)
+            order = tuple(sorted(_need(state.indices)))
+            state.view = SurvivorView(self._config.federation_id, state.round, order,
+                                      tuple(sorted(request.survivors)), tuple(sorted(request.dropouts)))
+            signature = sign_view(signing_key=self._signing_key, view=state.view, signer=self._site)
+        return signature
+
+    def unmask(self, request: UnmaskRequest, *, signatures: Sequence[SurvivorSignature] = (),
+               verify_keys: Mapping[str, VerifyKey] | None = None) -> UnmaskResponse:
         """Phase 5: reveal survivors' self-seed shares and dropouts' mask-key shares (never both per site).
+
+        With the consistency check (the default) the request must be the one signed in
+        :meth:`sign_survivors`, and for every site ``o`` whose share is revealed, ``signatures`` must hold
+        valid signatures on the same view from at least t of ``o``'s holders (its graph neighbours and
+        itself) listed as survivors; this site's own signature counts. In the semi-honest mode
+        ``signatures`` and ``verify_keys`` are ignored.
+
+        Args:
+            request: survivors and dropouts, as the coordinator announced them to this site.
+            signatures: the survivor signatures the coordinator relayed (consistency check).
+            verify_keys: site id -> Ed25519 verify key from that site's certificate (consistency check).
 
         Raises:
             InvalidMessage: a site in both lists or twice, this site named as dropped, a site outside the
-                round, or a listed neighbour that never shared keys with us (inconsistent coordinator).
-            RoundAborted: fewer than t survivors.
+                round, or a listed neighbour that never shared keys with us (inconsistent coordinator); a
+                request other than the signed one.
+            SignatureInvalid: a relayed signature does not verify on this site's view.
+            RoundAborted: fewer than t survivors, or fewer than t of some site's holders signed this view.
         """
+        if self._config.consistency_check and self._stage is not Stage.CONSISTENCY_CHECK:
+            raise StageOutOfOrder(f"unmask needs the consistency check first (sign_survivors); the round is "
+                                  f"in stage {self._stage}")
         with self._phase(Stage.UNMASK) as state:
-            self._check_header(state, request.federation_id, request.round)
+            if self._config.consistency_check:
+                view = _need(state.view)
+                if (request.federation_id, request.round, tuple(sorted(request.survivors)),
+                        tuple(sorted(request.dropouts))) != (view.federation_id, view.round, view.survivors,
+                                                             view.dropouts):
+                    raise InvalidMessage("unmask request differs from the survivor view this site signed")
+            else:
+                self._check_request(state, request)
             survivors, dropouts = set(request.survivors), set(request.dropouts)
-            if len(survivors) != len(request.survivors) or len(dropouts) != len(request.dropouts):
-                raise InvalidMessage("unmask request names a site twice in one list")
-            if survivors & dropouts:
-                raise InvalidMessage(f"unmask request names {sorted(survivors & dropouts)} as both survivor "
-                                     f"and dropout; revealing both secrets would expose their input")
-            if self._site not in survivors:
-                raise InvalidMessage(f"unmask request does not list {self._site!r} among survivors")
-            known = _need(state.indices)
-            if not (survivors | dropouts) <= known.keys():
-                raise InvalidMessage(f"unmask request names sites that did not advertise: "
-                                     f"{sorted((survivors | dropouts) - known.keys())}")
-            stray = (survivors | dropouts) & (_need(state.peers).keys() - state.held.keys())
-            if stray:
-                raise InvalidMessage(f"neighbours {sorted(stray)} never shared keys with {self._site!r} "
-                                     f"but are listed; refuse the inconsistent request")
-            t = state.plan.threshold
-            if len(survivors) < t:
-                raise RoundAborted(f"{len(survivors)} survivors < threshold {t}")
+            owners = sorted((survivors | dropouts) & state.held.keys())
+            if self._config.consistency_check:
+                self._check_signatures(state, owners, signatures, verify_keys or {})
             seed_shares = tuple(RevealedShare(o, state.held[o][1].to_bytes())
                                 for o in sorted(survivors & state.held.keys()))
             key_shares = tuple(RevealedShare(o, state.held[o][0].to_bytes())
@@ -351,3 +423,29 @@ class SecAggClient:
         self._stage = Stage.DONE
         self._state = None
         return response
+
+    def _check_signatures(self, state: _ClientRound, owners: Sequence[str],
+                          signatures: Sequence[SurvivorSignature], verify_keys: Mapping[str, VerifyKey]) -> None:
+        """All or nothing: t valid signatures on this site's view from the holders of every owner revealed."""
+        view, graph, t = _need(state.view), _need(state.graph), state.plan.threshold
+        own = self._signing_key.verify_key()
+        if verify_keys.get(self._site, own) != own:
+            raise SignatureInvalid(f"the verify key given for {self._site!r} is not this site's own")
+        relayed = [s for s in signatures if s.site_id != self._site]
+        signers = valid_signers(view=view, signatures=relayed, verify_keys=verify_keys) | {self._site}
+        survivors = set(view.survivors)
+
+        def enough(owner: str) -> None:
+            count = len(signers & (graph[owner] | {owner}) & survivors)
+            if count < t:
+                raise RoundAborted(f"only {count} of {owner!r}'s holders signed this site's survivor set "
+                                   f"< threshold {t}; the coordinator may be showing sites different sets")
+
+        for owner in owners:
+            enough(owner)
+            if owner in survivors:  # its self seed is revealed: it must vouch for the set, and so must
+                if owner not in signers:  # t holders of each survivor its input is masked with
+                    raise RoundAborted(f"{owner!r} is listed as a survivor but did not sign this survivor set; "
+                                       f"its self seed stays hidden")
+                for peer in sorted(graph[owner] & survivors):
+                    enough(peer)

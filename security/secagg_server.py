@@ -3,7 +3,9 @@
 One :class:`SecAggServer` per round. For each phase the coordinator calls ``receive_*`` once per arriving
 message (with the sender id taken from the verified TLS certificate) and then ``close_*`` when the phase's
 deadline passes; sites that sent nothing by then count as dropped. After ``close_advertisements`` each site
-gets ``directory_for(site)``; after ``close_shares`` each site gets its whole inbox (all or nothing: a site
+gets ``directory_for(site)``; with the consistency check, after ``close_masked_inputs`` every survivor signs
+the survivor view (``receive_survivor_signature``) and after ``close_consistency`` gets the signatures of the
+holders it must count; after ``close_shares`` each site gets its whole inbox (all or nothing: a site
 that masks with fewer neighbours than the server believes would corrupt the sum). ``finish`` reconstructs the secrets it
 needs and returns the decoded sum of the survivors' inputs.
 
@@ -28,11 +30,12 @@ import numpy as np
 import numpy.typing as npt
 
 from security import fixed_point, shamir
+from security.consistency import SurvivorSignature, SurvivorView, verify_view
 from security.context import SessionContext
 from security.errors import InvalidMessage, RoundAborted, ShareInvalid
 from security.key_agreement import AgreementPrivateKey, AgreementPublicKey, derive_mask_seed
 from security.masking import PairwiseMask, remove_masks
-from security.neighbours import neighbours, round_seed
+from security.neighbours import neighbours, round_seed, within_hops
 from security.prg import MaskSeed
 from security.secagg_config import RoundPlan, SecAggConfig
 from security.secagg_messages import (
@@ -43,9 +46,11 @@ from security.secagg_messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from security.signing import VerifyKey, verify_key_bundle
 from security.stages import Stage, check_transition, require_stage
 
 logger = logging.getLogger(__name__)
+CHECK_HOPS = 3  # a survivor counts signatures of the holders of its neighbours' holders
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,8 @@ class _ServerRound:
     masked_sum: npt.NDArray[np.uint64] | None = None
     submitted: set[str] = field(default_factory=set)                                # A3
     dropouts: tuple[str, ...] = ()
+    request: UnmaskRequest | None = None
+    signatures: dict[str, SurvivorSignature] = field(default_factory=dict)         # A4 (consistency check)
     seed_shares: dict[str, list[shamir.Share]] = field(default_factory=dict)        # survivor -> shares
     key_shares: dict[str, list[shamir.Share]] = field(default_factory=dict)         # dropout -> shares
     responded: set[str] = field(default_factory=set)
@@ -151,12 +158,32 @@ class SecAggServer:
             raise self.abort(f"{count} {what} < threshold {t}")
 
     # Phase 2 ---------------------------------------------------------------------------------------
-    def receive_advertisement(self, sender: str, message: AdvertiseKeys) -> None:
-        """Accept one site's signed public keys (signatures are checked by the peers, not trusted here)."""
+    def receive_advertisement(self, sender: str, message: AdvertiseKeys, *,
+                              verify_key: VerifyKey | None = None) -> None:
+        """Accept one site's signed public keys.
+
+        Args:
+            verify_key: the sender's certificate-bound key; when given, the signature is checked here too,
+                so a forged or replayed advertisement is refused before it is relayed (peers check again).
+
+        Raises:
+            SignatureInvalid: ``verify_key`` given and the bundle is not signed by it for this round.
+            InvalidMessage: wrong round/federation/sender, duplicate, or a public key already advertised.
+        """
         state = self._check(Stage.ADVERTISE_KEYS, "AdvertiseKeys", sender, message.federation_id,
                             message.round, message.site_id, self._cohort)
         if sender in state.adverts:
             raise InvalidMessage(f"duplicate AdvertiseKeys from {sender!r}")
+        if verify_key is not None:
+            verify_key_bundle(verify_key=verify_key, context=message.context(),
+                              share_public_key=AgreementPublicKey.from_bytes(message.share_public_key),
+                              mask_public_key=AgreementPublicKey.from_bytes(message.mask_public_key),
+                              signature=message.signature)
+        used = {k for a in state.adverts.values() for k in (a.share_public_key, a.mask_public_key)}
+        if {message.share_public_key, message.mask_public_key} & used or \
+                message.share_public_key == message.mask_public_key:
+            raise InvalidMessage(f"AdvertiseKeys from {sender!r} reuses a public key already advertised "
+                                 f"this round (a replay)")
         state.adverts[sender] = message
 
     def close_advertisements(self) -> KeyDirectory:
@@ -183,9 +210,12 @@ class SecAggServer:
         if site not in graph:
             raise InvalidMessage(f"{site!r} did not advertise keys this round")
         order = tuple(sorted(state.adverts))
-        if len(graph[site]) == len(order) - 1:
+        # with the consistency check a site also counts signatures of the holders of its neighbours'
+        # holders (three hops), so it gets their certificates here
+        near = within_hops(graph, site, CHECK_HOPS) if self._config.consistency_check else graph[site] | {site}
+        if len(near) == len(order):
             return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in order))
-        members = sorted(graph[site] | {site})
+        members = sorted(near)
         return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in members),
                             order)
 
@@ -244,7 +274,8 @@ class SecAggServer:
             RoundAborted: fewer than t survivors, or some dropout/survivor has fewer than t surviving
                 holders of its shares (nothing has been revealed yet).
         """
-        check_transition(self._stage, Stage.UNMASK)
+        following = Stage.CONSISTENCY_CHECK if self._config.consistency_check else Stage.UNMASK
+        check_transition(self._stage, following)
         state = self._live()
         graph, t = state.graph or {}, state.plan.threshold
         self._need_threshold(len(state.submitted), "sites sent masked inputs")
@@ -255,9 +286,56 @@ class SecAggServer:
             if len(holders) < t:
                 raise self.abort(f"only {len(holders)} surviving holders of {site!r}'s shares "
                                  f"< threshold {t}")
+        self._stage = following
+        state.request = UnmaskRequest(self._config.federation_id, self._round, tuple(sorted(survivors)),
+                                      state.dropouts)
+        return state.request
+
+    # Phase 5a (consistency check) ------------------------------------------------------------------
+    def view(self, request: UnmaskRequest | None = None) -> SurvivorView:
+        """The survivor view a site told ``request`` (default: this server's own request) must sign."""
+        request = request or self._live().request
+        if request is None:
+            raise InvalidMessage("no unmask request yet; close the masked inputs first")
+        return SurvivorView(self._config.federation_id, self._round, tuple(sorted(self._live().adverts)),
+                            tuple(sorted(request.survivors)), tuple(sorted(request.dropouts)))
+
+    def receive_survivor_signature(self, sender: str, message: SurvivorSignature, *,
+                                   verify_key: VerifyKey | None = None,
+                                   request: UnmaskRequest | None = None) -> None:
+        """Accept one survivor's signature on its survivor view.
+
+        Args:
+            verify_key: the sender's certificate-bound key; when given the signature is checked against the
+                view of ``request`` (what the sender was told; default this server's request).
+
+        Raises:
+            SignatureInvalid: the signature does not sign that view.
+            InvalidMessage: wrong round or sender, not a survivor, or a duplicate.
+        """
+        state = self._check(Stage.CONSISTENCY_CHECK, "SurvivorSignature", sender, message.federation_id,
+                            message.round, message.site_id, self._live().submitted)
+        if sender in state.signatures:
+            raise InvalidMessage(f"duplicate SurvivorSignature from {sender!r}")
+        if verify_key is not None:
+            verify_view(verify_key=verify_key, view=self.view(request), signature=message)
+        state.signatures[sender] = message
+
+    def close_consistency(self) -> dict[str, tuple[SurvivorSignature, ...]]:
+        """End phase 5a: for every survivor that signed, the signatures of the sites within three graph hops.
+
+        Raises:
+            RoundAborted: fewer than t survivors signed (nothing has been revealed).
+        """
+        check_transition(self._stage, Stage.UNMASK)
+        state = self._live()
+        self._need_threshold(len(state.signatures), "survivors signed the survivor set")
+        graph = state.graph or {}
+        bundles = {site: tuple(state.signatures[s]
+                               for s in sorted(within_hops(graph, site, CHECK_HOPS) & state.signatures.keys()))
+                   for site in sorted(state.signatures)}
         self._stage = Stage.UNMASK
-        return UnmaskRequest(self._config.federation_id, self._round, tuple(sorted(survivors)),
-                             state.dropouts)
+        return bundles
 
     # Phase 5 ---------------------------------------------------------------------------------------
     def receive_unmask_response(self, sender: str, message: UnmaskResponse) -> None:

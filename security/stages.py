@@ -15,24 +15,27 @@ from security.errors import StageOutOfOrder
 
 
 class Stage(enum.StrEnum):
-    """Phases of one secure-aggregation round (DESIGN.md section 2, phases 2-5)."""
+    """Phases of one secure-aggregation round (DESIGN.md section 2, phases 2-5; 5a is the consistency check)."""
 
     IDLE = "idle"
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
 
 
-_ACTIVE = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+_ACTIVE = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK)
 
 TRANSITIONS: Mapping[Stage, frozenset[Stage]] = MappingProxyType({
     Stage.IDLE: frozenset({Stage.ADVERTISE_KEYS}),
     Stage.ADVERTISE_KEYS: frozenset({Stage.SHARE_KEYS, Stage.ABORTED}),
     Stage.SHARE_KEYS: frozenset({Stage.MASKED_INPUT, Stage.ABORTED}),
-    Stage.MASKED_INPUT: frozenset({Stage.UNMASK, Stage.ABORTED}),
+    # UNMASK straight from MASKED_INPUT only in the semi-honest mode (``SecAggConfig.consistency_check=False``)
+    Stage.MASKED_INPUT: frozenset({Stage.CONSISTENCY_CHECK, Stage.UNMASK, Stage.ABORTED}),
+    Stage.CONSISTENCY_CHECK: frozenset({Stage.UNMASK, Stage.ABORTED}),
     Stage.UNMASK: frozenset({Stage.DONE, Stage.ABORTED}),
     Stage.DONE: frozenset({Stage.ADVERTISE_KEYS}),
     Stage.ABORTED: frozenset({Stage.ADVERTISE_KEYS}),

@@ -20,13 +20,14 @@ from coordinator.server import run_server
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import PROTOCOL_VERSION, FederationSettings, PrivacySettings
+from security.consistency import SurvivorSignature
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
 from security.pki_verify import load_certificate, site_signing_public_key
 from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
 from security.secagg_config import SecAggConfig
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest
+from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
 from security.signing import SigningKey, VerifyKey
 
 FED = "testfed"
@@ -99,9 +100,13 @@ class ScriptedSite:
                                                        max_abs_value=settings.secagg.max_abs_value,
                                                        neighbours=settings.secagg.neighbours or None,
                                                        threshold=settings.secagg.threshold or None,
-                                                       prg=PrgAlgorithm(settings.secagg.prg)))
+                                                       prg=PrgAlgorithm(settings.secagg.prg),
+            colluders=None if settings.secagg.colluders < 0 else settings.secagg.colluders,
+            consistency_check=settings.secagg.consistency_check))
         self.round = 0
         self.settings = settings
+        self.told: pb.UnmaskRequest | None = None
+        self.verify_keys: dict[str, VerifyKey] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -144,6 +149,7 @@ class ScriptedSite:
         directory = KeyDirectory(FED, self.round, tuple(
             AdvertiseKeys(FED, self.round, a.site, a.share_public_key, a.mask_public_key, a.signature)
             for a in ads.advertisements), tuple(ads.advertisers))
+        self.verify_keys = keys
         shares = self.secagg.share_keys(directory, verify_keys=keys)
         self.stub.ShareKeys(pb.ShareKeysRequest(federation_id=FED, round=self.round, shares=[
             pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]),
@@ -160,12 +166,37 @@ class ScriptedSite:
                                                           vector_length=masked.vector_length), timeout=10)
         return masked.data
 
-    def unmask(self) -> pb.UnmaskRequest:
+    def sign_survivors(self) -> pb.UnmaskRequest:
+        """Phase 5a: fetch the survivor set this site is told and send its signature on it."""
         request = self.poll("GetUnmaskRequest")
+        self.told = request
         if request.status != pb.READY:
+            self.secagg.abort()
             return request
-        response = self.secagg.unmask(UnmaskRequest(FED, self.round, tuple(request.survivors),
-                                                    tuple(request.dropouts)))
+        if not self.settings.secagg.consistency_check:
+            return request  # semi-honest mode: nothing to sign
+        signed = self.secagg.sign_survivors(UnmaskRequest(FED, self.round, tuple(request.survivors),
+                                                          tuple(request.dropouts)))
+        self.stub.SubmitSurvivorSignature(pb.SurvivorSignatureRequest(
+            federation_id=FED, round=self.round, signature=signed.signature), timeout=10)
+        return request
+
+    def unmask(self) -> pb.UnmaskRequest:
+        """Phase 5: with the neighbours' survivor signatures, reveal the shares (call sign_survivors first)."""
+        request = self.told
+        if request is None or request.status != pb.READY:
+            return request or pb.UnmaskRequest(status=pb.ABORTED)
+        told = UnmaskRequest(FED, self.round, tuple(request.survivors), tuple(request.dropouts))
+        if not self.settings.secagg.consistency_check:
+            return self._reveal(self.secagg.unmask(told), request)
+        bundle = self.poll("GetSurvivorSignatures")
+        if bundle.status != pb.READY:
+            self.secagg.abort()
+            return bundle
+        signatures = [SurvivorSignature(FED, self.round, s.site, s.signature) for s in bundle.signatures]
+        return self._reveal(self.secagg.unmask(told, signatures=signatures, verify_keys=self.verify_keys), request)
+
+    def _reveal(self, response: UnmaskResponse, request: pb.UnmaskRequest) -> pb.UnmaskRequest:
         self.stub.Unmask(pb.UnmaskReply(
             federation_id=FED, round=self.round,
             self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],

@@ -91,13 +91,15 @@ def k8s() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run the PKI commands of docs/DEPLOY.md for real, into a temporary folder."""
+    from participant.cli import main as participant_main
     from security.ca_cli import main as ca_main
 
     root = tmp_path_factory.mktemp("pki") / "pki"
     block = next(code for marker, code in _doc_blocks("bash") if marker == "pki")
+    run = {"pfmh-ca": ca_main, "pfmh-participant": participant_main}  # the CSR flow: enroll, sign, install
     for line in block.splitlines():
         argv = shlex.split(line.replace("deploy/compose/pki", str(root)), comments=True)
-        assert argv and argv[0] == "pfmh-ca" and ca_main(argv[1:]) == 0, line
+        assert argv and argv[0] in run and run[argv[0]](argv[1:]) == 0, line
     return root
 
 

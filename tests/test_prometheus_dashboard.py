@@ -73,6 +73,8 @@ def _federate(port: int, pki, cfg) -> None:  # noqa: ANN001
     for s in sites[:3]:  # site-d drops out after share-keys
         s.masked_input(np.ones(layout.length))
     for s in sites[:3]:
+        s.sign_survivors()
+    for s in sites[:3]:
         s.unmask()
     first = sites[0].result()
     assert first.status == pb.READY

@@ -106,6 +106,8 @@ def test_refused_callers_do_not_affect_the_round(federation) -> None:  # noqa: A
     for s in sites:
         s.masked_input(np.zeros(layout.length) + 1.0)
     for s in sites:
+        s.sign_survivors()
+    for s in sites:
         s.unmask()
     assert all(s.result().status == pb.READY for s in sites)
     assert engine.state.completed_rounds == 1

@@ -75,6 +75,8 @@ def _complete_round(sites: list[ScriptedSite], after: int) -> pb.RoundResult:
     for k, s in enumerate(sites):
         s.masked_input(np.full(s.secagg._config.vector_length, float(k + 1)))
     for s in sites:
+        s.sign_survivors()
+    for s in sites:
         s.unmask()
     results = [s.result() for s in sites]
     assert all(r.status == pb.READY for r in results)

@@ -42,9 +42,10 @@ class Drops:
     share: Collection[str] = ()
     masked: Collection[str] = ()
     unmask: Collection[str] = ()
+    sign: Collection[str] = ()   # consistency check: silent before signing the survivor set
 
     def total(self) -> int:
-        return len(set(self.advertise) | set(self.share) | set(self.masked) | set(self.unmask))
+        return len(set(self.advertise) | set(self.share) | set(self.masked) | set(self.unmask) | set(self.sign))
 
 
 Hook = Callable[[str, SecAggServer], None]
@@ -88,7 +89,7 @@ def _run(fed: Federation, round_number: int, inputs: Mapping[str, np.ndarray], d
     for s in fed.sites:
         adv = fed.clients[s].advertise(round_number, fed.sites)
         if s not in drops.advertise:
-            server.receive_advertisement(s, adv)
+            server.receive_advertisement(s, adv, verify_key=fed.verify_keys[s])
     directory = server.close_advertisements()
     hook("advertise", server)
     alive = [s for s in fed.sites if s not in drops.advertise and s not in drops.share]
@@ -107,9 +108,25 @@ def _run(fed: Federation, round_number: int, inputs: Mapping[str, np.ndarray], d
     hook("masked", server)
     request = server.close_masked_inputs()
     hook("close_masked", server)
-    for s in request.survivors:
-        if s not in drops.unmask:
-            server.receive_unmask_response(s, fed.clients[s].unmask(request))
+    if not fed.config.consistency_check:
+        for s in request.survivors:
+            if s not in drops.unmask:
+                server.receive_unmask_response(s, fed.clients[s].unmask(request))
+        hook("unmask", server)
+        result = server.finish()
+        hook("finish", server)
+        return result
+    for s in request.survivors:  # with the check, ``unmask`` drops sign the survivor set, then go silent
+        if s not in drops.sign:
+            server.receive_survivor_signature(s, fed.clients[s].sign_survivors(request),
+                                              verify_key=fed.verify_keys[s])
+    bundles = server.close_consistency()
+    hook("consistency", server)
+    for s in [s for s in bundles if s not in drops.unmask]:
+        response = call(s, lambda s=s: fed.clients[s].unmask(request, signatures=bundles[s],
+                                                             verify_keys=fed.verify_keys))
+        if response is not None:
+            server.receive_unmask_response(s, response)  # type: ignore[arg-type]
     hook("unmask", server)
     result = server.finish()
     hook("finish", server)

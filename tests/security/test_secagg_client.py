@@ -14,6 +14,7 @@ from security.errors import (
     SignatureInvalid,
     StageOutOfOrder,
 )
+from security.neighbours import neighbours, round_seed, within_hops
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import EncryptedShare, KeyDirectory, UnmaskRequest
 from security.signing import SigningKey
@@ -164,9 +165,9 @@ def test_unmask_refuses_unsafe_requests(fed: Federation, survivors: tuple[int, .
     _masked(fed)
     request = UnmaskRequest("fed", 1, tuple(fed.sites[i] for i in survivors), tuple(fed.sites[i] for i in dropouts))
     client = fed.clients[fed.sites[0]]
-    # Execute / Assert
+    # Execute / Assert: the consistency check validates the request before signing it
     with pytest.raises(error, match=match):
-        client.unmask(request)
+        client.sign_survivors(request)
     assert client.stage is Stage.ABORTED
 
 
@@ -175,7 +176,7 @@ def test_unmask_names_unknown_sites(fed: Federation) -> None:
     _masked(fed)
     # Execute / Assert
     with pytest.raises(InvalidMessage, match="did not advertise"):
-        fed.clients[fed.sites[0]].unmask(UnmaskRequest("fed", 1, (*fed.sites[:4], "intruder"), ()))
+        fed.clients[fed.sites[0]].sign_survivors(UnmaskRequest("fed", 1, (*fed.sites[:4], "intruder"), ()))
 
 
 def test_unmask_reveals_one_secret_per_site_once(fed: Federation) -> None:
@@ -183,8 +184,9 @@ def test_unmask_reveals_one_secret_per_site_once(fed: Federation) -> None:
     _masked(fed)
     request = UnmaskRequest("fed", 1, tuple(fed.sites[:4]), (fed.sites[4],))
     client = fed.clients[fed.sites[0]]
+    signatures = [fed.clients[s].sign_survivors(request) for s in fed.sites[:4]]
     # Execute
-    response = client.unmask(request)
+    response = client.unmask(request, signatures=signatures, verify_keys=fed.verify_keys)
     # Assert
     assert [s.owner for s in response.self_seed_shares] == list(fed.sites[:4])
     assert [s.owner for s in response.mask_key_shares] == [fed.sites[4]]
@@ -207,23 +209,46 @@ def test_rounds_never_repeat_and_repr_hides_secrets(fed: Federation) -> None:
 
 
 def test_compact_directory_must_cover_neighbours_and_advertisers() -> None:
-    # Prepare: 12 sites with k = 4; compact directories from a real server
+    # Prepare: 20 sites with k = 4; compact directories from a real server
     from security.secagg_server import SecAggServer
-    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 12)
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 20)
     server = SecAggServer(fed.config, fed.sites, round_number=1)
     for s in fed.sites:
         server.receive_advertisement(s, fed.clients[s].advertise(1, fed.sites))
     server.close_advertisements()
     a, b, c = fed.sites[:3]
     mine = server.directory_for(a)
-    others = [adv for adv in mine.advertisements if adv.site_id != a]
+    graph = neighbours(fed.sites, k=4, round_seed=round_seed("fed", 1))
+    others = [adv for adv in mine.advertisements if adv.site_id in graph[a]]
     # Execute / Assert
     with pytest.raises(InvalidMessage, match="lacks the advertisement of neighbour"):
         fed.clients[a].share_keys(dataclasses.replace(mine, advertisements=tuple(
             adv for adv in mine.advertisements if adv.site_id != others[0].site_id)), verify_keys=fed.verify_keys)
     theirs = server.directory_for(b)
-    victim = next(adv.site_id for adv in theirs.advertisements if adv.site_id != b)
+    victim = next(adv.site_id for adv in theirs.advertisements if adv.site_id in graph[b])
     hidden = tuple(i for i in theirs.site_ids if i != victim)
     with pytest.raises(InvalidMessage, match="omit an advertiser"):
         fed.clients[b].share_keys(dataclasses.replace(theirs, site_ids=hidden), verify_keys=fed.verify_keys)
     assert len(fed.clients[c].share_keys(server.directory_for(c), verify_keys=fed.verify_keys)) == 4
+
+
+def test_shares_made_for_another_advertiser_list_are_refused() -> None:
+    # Prepare: 20 sites, k = 4; the coordinator shows site b a list without one advertiser (another graph)
+    from security.errors import ShareInvalid
+    from security.secagg_server import SecAggServer
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 20)
+    server = SecAggServer(fed.config, fed.sites, round_number=1)
+    for s in fed.sites:
+        server.receive_advertisement(s, fed.clients[s].advertise(1, fed.sites))
+    server.close_advertisements()
+    graph = neighbours(fed.sites, k=4, round_seed=round_seed("fed", 1))
+    a = fed.sites[0]
+    b = sorted(graph[a])[0]
+    far = next(s for s in fed.sites if s not in within_hops(graph, b, 3) | within_hops(graph, a, 3))
+    honest = server.directory_for(a)
+    lie = dataclasses.replace(server.directory_for(b), site_ids=tuple(s for s in fed.sites if s != far))
+    shares_a = fed.clients[a].share_keys(honest, verify_keys=fed.verify_keys)
+    fed.clients[b].share_keys(lie, verify_keys=fed.verify_keys)
+    # Execute / Assert: b opens a's share only if both built the round graph from the same list
+    with pytest.raises(ShareInvalid, match="another advertiser list"):
+        fed.clients[b].masked_input([m for m in shares_a if m.recipient == b], np.zeros(D))

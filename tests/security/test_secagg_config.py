@@ -14,12 +14,13 @@ def test_default_plans() -> None:
     # Execute
     plans = {n: config.plan(n) for n in (2, 3, 10, 100, 500)}
     # Assert
-    assert plans[2] == RoundPlan(cohort_size=2, neighbours=2, holders=2, threshold=2)
-    assert plans[3] == RoundPlan(cohort_size=3, neighbours=4, holders=3, threshold=2)
+    # colluders tolerated against an active coordinator: 2t - m - 1
+    assert plans[2] == RoundPlan(cohort_size=2, neighbours=2, holders=2, threshold=2, colluders=1)
+    assert plans[3] == RoundPlan(cohort_size=3, neighbours=4, holders=3, threshold=2, colluders=0)
     assert plans[3].full_graph and not plans[10].full_graph
-    assert plans[10] == RoundPlan(cohort_size=10, neighbours=8, holders=9, threshold=6)
-    assert plans[100] == RoundPlan(cohort_size=100, neighbours=14, holders=15, threshold=10)
-    assert plans[500] == RoundPlan(cohort_size=500, neighbours=18, holders=19, threshold=13)
+    assert plans[10] == RoundPlan(cohort_size=10, neighbours=8, holders=9, threshold=6, colluders=2)
+    assert plans[100] == RoundPlan(cohort_size=100, neighbours=14, holders=15, threshold=10, colluders=4)
+    assert plans[500] == RoundPlan(cohort_size=500, neighbours=18, holders=19, threshold=13, colluders=6)
     assert not plans[500].full_graph
     for plan in plans.values():
         assert 2 <= plan.threshold <= plan.holders and 2 * plan.threshold > plan.holders
@@ -78,3 +79,20 @@ def test_overflow_is_checked_for_the_cohort() -> None:
 def test_prg_choice_is_typed() -> None:
     # Execute / Assert
     assert SecAggConfig(federation_id="f", vector_length=1, prg=PrgAlgorithm.AES256_CTR).prg == "aes256-ctr"
+
+
+def test_colluder_bound_is_enforced_and_raises_the_default_threshold() -> None:
+    # Prepare: n = 10 -> k = 8, m = 9 holders; the consistency check needs 2t > m + c
+    stated = SecAggConfig(federation_id="fed", vector_length=4, colluders=3)
+    too_many = SecAggConfig(federation_id="fed", vector_length=4, threshold=6, colluders=3)
+    semi_honest = SecAggConfig(federation_id="fed", vector_length=4, threshold=6, colluders=3,
+                               consistency_check=False)
+    # Execute / Assert: the default t = 6 is raised to floor((9 + 3) / 2) + 1 = 7
+    assert stated.plan(10).threshold == 7 and stated.plan(10).colluders == 3
+    with pytest.raises(UnsafeConfiguration, match=r"colluders=3 breaks 2t > m \+ c, i.e. 2\*6 > 9 \+ 3"):
+        too_many.plan(10)
+    assert semi_honest.plan(10).colluders == 3  # semi-honest: only c < t (honest-but-curious coordinator)
+    with pytest.raises(UnsafeConfiguration, match="at most 0 colluders"):
+        SecAggConfig(federation_id="fed", vector_length=4, colluders=1, threshold=2).plan(3)
+    with pytest.raises(UnsafeConfiguration, match="colluders=-1"):
+        SecAggConfig(federation_id="fed", vector_length=4, colluders=-1)

@@ -99,10 +99,15 @@ def test_too_many_dropouts_abort_without_a_sum() -> None:
     # Execute / Assert
     with pytest.raises(RoundAborted, match="3 sites sent masked inputs < threshold 4"):
         run_round(fed, 1, inputs, Drops(masked=fed.sites[:3]))
+    with pytest.raises(RoundAborted, match="3 survivors signed the survivor set < threshold 4"):
+        run_round(fed, 2, inputs, Drops(sign=fed.sites[:3]))
     with pytest.raises(RoundAborted, match="shares of"):
-        run_round(fed, 2, inputs, Drops(unmask=fed.sites[:3]))
+        run_round(fed, 4, inputs, Drops(unmask=fed.sites[:3]))
+    # a survivor silent before it signs keeps its self seed hidden: nobody reveals it, the round aborts
+    with pytest.raises(RoundAborted, match="shares of 'site-000''s self seed"):
+        run_round(fed, 5, inputs, Drops(sign=fed.sites[:1]))
     with pytest.raises(RoundAborted, match="advertised keys < threshold"):
-        run_round(fed, 3, inputs, Drops(advertise=fed.sites[:3]))
+        run_round(fed, 6, inputs, Drops(advertise=fed.sites[:3]))
 
 
 def test_consecutive_rounds_reuse_clients() -> None:
@@ -139,7 +144,7 @@ def test_server_never_holds_an_individual_vector() -> None:
     result = run_round(fed, 1, inputs, Drops([fed.sites[0]], [fed.sites[1]], [fed.sites[2]], [fed.sites[3]]),
                        after_phase=inspect_server, transcript=transcript)
     # Assert
-    assert checked == ["advertise", "share", "masked", "close_masked", "unmask", "finish"]
+    assert checked == ["advertise", "share", "masked", "close_masked", "consistency", "unmask", "finish"]
     assert len(result.survivors) == 9
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from security.errors import InvalidMessage, RoundAborted, StageOutOfOrder, UnsafeConfiguration
+from security.errors import InvalidMessage, RoundAborted, SignatureInvalid, StageOutOfOrder, UnsafeConfiguration
 from security.secagg_config import SecAggConfig
 from security.secagg_messages import MaskedInput, RevealedShare, UnmaskRequest, UnmaskResponse
 from security.secagg_server import SecAggServer
@@ -42,6 +42,18 @@ def _masked(fed: Federation) -> tuple[SecAggServer, UnmaskRequest]:
     for s in fed.sites:
         server.receive_masked_input(s, fed.clients[s].masked_input(inbox[s], np.ones(D)))
     return server, server.close_masked_inputs()
+
+
+def _checked(fed: Federation) -> tuple[SecAggServer, UnmaskRequest, dict]:  # type: ignore[type-arg]
+    """All five sites sent masked inputs and signed the survivor set; the consistency phase is closed."""
+    server, request = _masked(fed)
+    for s in fed.sites:
+        server.receive_survivor_signature(s, fed.clients[s].sign_survivors(request), verify_key=fed.verify_keys[s])
+    return server, request, server.close_consistency()
+
+
+def _reveal(fed: Federation, site: str, request: UnmaskRequest, bundles: dict) -> UnmaskResponse:  # type: ignore[type-arg]
+    return fed.clients[site].unmask(request, signatures=bundles[site], verify_keys=fed.verify_keys)
 
 
 def test_advertisement_checks(fed: Federation) -> None:
@@ -112,9 +124,9 @@ def test_masked_input_checks(fed: Federation) -> None:
 
 def test_unmask_response_checks(fed: Federation) -> None:
     # Prepare: all five survive
-    server, request = _masked(fed)
+    server, request, bundles = _checked(fed)
     s0, s1 = fed.sites[:2]
-    good = fed.clients[s0].unmask(request)
+    good = _reveal(fed, s0, request, bundles)
     seed_share = good.self_seed_shares[0]
     # Execute / Assert
     with pytest.raises(InvalidMessage, match="not a dropout"):
@@ -133,9 +145,9 @@ def test_unmask_response_checks(fed: Federation) -> None:
 
 def test_finish_needs_threshold_shares_and_returns_nothing_else(fed: Federation) -> None:
     # Prepare: only 3 of 5 survivors answer the unmask request, t = 4
-    server, request = _masked(fed)
+    server, request, bundles = _checked(fed)
     for s in fed.sites[:3]:
-        server.receive_unmask_response(s, fed.clients[s].unmask(request))
+        server.receive_unmask_response(s, _reveal(fed, s, request, bundles))
     # Execute / Assert
     with pytest.raises(RoundAborted, match="3 shares of .* < threshold 4"):
         server.finish()
@@ -146,8 +158,8 @@ def test_finish_needs_threshold_shares_and_returns_nothing_else(fed: Federation)
 
 def test_tampered_revealed_share_aborts(fed: Federation) -> None:
     # Prepare: one survivor's response carries a modified share of site 0's seed
-    server, request = _masked(fed)
-    responses = {s: fed.clients[s].unmask(request) for s in fed.sites}
+    server, request, bundles = _checked(fed)
+    responses = {s: _reveal(fed, s, request, bundles) for s in fed.sites}
     bad = responses[fed.sites[1]]
     raw = bytearray(bad.self_seed_shares[0].share)
     raw[-1] ^= 1
@@ -181,8 +193,8 @@ def test_constructor_validates(fed: Federation) -> None:
 
 
 def test_compact_directory_holds_neighbours_and_all_ids() -> None:
-    # Prepare: 12 sites with k = 4, and a full-graph federation for comparison
-    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 12)
+    # Prepare: 20 sites with k = 4, and a full-graph federation for comparison
+    fed = Federation.create(SecAggConfig(federation_id="fed", vector_length=D, neighbours=4, threshold=3), 20)
     server = _advertised(fed)
     full = server.close_advertisements()
     small = Federation.create(SecAggConfig(federation_id="fed", vector_length=D), 5)
@@ -191,7 +203,8 @@ def test_compact_directory_holds_neighbours_and_all_ids() -> None:
     # Execute
     compact = server.directory_for(fed.sites[0])
     # Assert
-    assert len(compact.advertisements) == 5 and compact.site_ids == tuple(sorted(fed.sites))
+    # own + the sites within three hops (k = 4: 6 on either side of the ring): their signatures count
+    assert len(compact.advertisements) == 13 and compact.site_ids == tuple(sorted(fed.sites))
     assert set(compact.advertisements) <= set(full.advertisements)
     assert small_server.directory_for(small.sites[0]) == small_full
     with pytest.raises(InvalidMessage, match="did not advertise"):
@@ -204,3 +217,39 @@ def test_directory_for_needs_closed_advertisements(fed: Federation) -> None:
     # Execute / Assert
     with pytest.raises(StageOutOfOrder):
         server.directory_for(fed.sites[0])
+
+
+def test_forged_or_replayed_advertisement_is_refused_when_the_key_is_known(fed: Federation) -> None:
+    # Prepare: site 1 replays site 0's advertisement as its own, and an old round's
+    server = SecAggServer(fed.config, fed.sites, round_number=2)
+    s0, s1 = fed.sites[:2]
+    old = fed.clients[s1].advertise(1, fed.sites)
+    adv = fed.clients[s0].advertise(2, fed.sites)
+    # Execute / Assert
+    with pytest.raises(SignatureInvalid, match="not signed by its certified key"):
+        server.receive_advertisement(s1, dataclasses.replace(adv, site_id=s1), verify_key=fed.verify_keys[s1])
+    with pytest.raises(SignatureInvalid):
+        server.receive_advertisement(s1, dataclasses.replace(old, round=2), verify_key=fed.verify_keys[s1])
+    server.receive_advertisement(s0, adv, verify_key=fed.verify_keys[s0])
+    with pytest.raises(InvalidMessage, match="reuses a public key"):
+        server.receive_advertisement(s1, dataclasses.replace(adv, site_id=s1))
+
+
+def test_survivor_signature_checks(fed: Federation) -> None:
+    # Prepare
+    server, request = _masked(fed)
+    s0, s1 = fed.sites[:2]
+    good = fed.clients[s0].sign_survivors(request)
+    # Execute / Assert: a signature on another view, a wrong key, a duplicate
+    lie = UnmaskRequest("fed", 1, tuple(fed.sites[1:]), (s0,))
+    with pytest.raises(SignatureInvalid, match="does not sign this site's survivor set"):
+        server.receive_survivor_signature(s0, good, verify_key=fed.verify_keys[s0], request=lie)
+    with pytest.raises(SignatureInvalid):
+        server.receive_survivor_signature(s0, good, verify_key=fed.verify_keys[s1])
+    with pytest.raises(InvalidMessage, match="certificate says"):
+        server.receive_survivor_signature(s1, good)
+    server.receive_survivor_signature(s0, good, verify_key=fed.verify_keys[s0])
+    with pytest.raises(InvalidMessage, match="duplicate SurvivorSignature"):
+        server.receive_survivor_signature(s0, good)
+    with pytest.raises(RoundAborted, match="1 survivors signed the survivor set < threshold 4"):
+        server.close_consistency()
