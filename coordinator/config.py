@@ -92,15 +92,24 @@ class CoordinatorConfig:
         if fed.privacy.colluding_sites >= len(self.sites):
             raise ValueError(f"federation.privacy.colluding_sites={fed.privacy.colluding_sites} must be below the "
                              f"{len(self.sites)} enrolled sites")
+        sa, c = fed.secagg, fed.privacy.colluding_sites
         secagg = SecAggConfig(federation_id=fed.federation_id, vector_length=1, fraction_bits=0, max_abs_value=1.0,
-                              neighbours=fed.secagg.neighbours or None, threshold=fed.secagg.threshold or None)
+                              neighbours=sa.neighbours or None, threshold=sa.threshold or None,
+                              colluders=None if sa.colluders < 0 else sa.colluders,
+                              consistency_check=sa.consistency_check)
         for size in range(max(2, fed.min_sites), len(self.sites) + 1):
+            where = (f"a cohort of {size} sites (federation.min_sites = {fed.min_sites}, federation.secagg.threshold "
+                     f"= {sa.threshold or 'default'}, federation.secagg.colluders = {sa.colluders})")
             try:
-                noise_cohort(threshold=secagg.plan(size).threshold, colluding_sites=fed.privacy.colluding_sites)
+                plan = secagg.plan(size)
+                noise_cohort(threshold=plan.threshold, colluding_sites=c)
             except SecurityError as exc:
-                raise ValueError(f"federation.privacy.mode = \"distributed\" cannot give the target sigma with a "
-                                 f"cohort of {size} sites (federation.min_sites = {fed.min_sites}, "
-                                 f"federation.secagg.threshold = {fed.secagg.threshold or 'default'}): {exc}") from None
+                raise ValueError(f"federation.privacy.mode = \"distributed\" cannot give the target sigma with "
+                                 f"{where}: {exc}") from None
+            if c > plan.colluders:  # the noise would assume a coalition that secure aggregation cannot withstand
+                raise ValueError(f"federation.privacy.colluding_sites = {c} exceeds the {plan.colluders} colluders "
+                                 f"secure aggregation tolerates with {where}: raise federation.secagg.colluders "
+                                 "(or the threshold) to at least privacy.colluding_sites")
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:

@@ -19,7 +19,7 @@ from coordinator.config import CoordinatorConfig, ServerSettings, TlsSettings
 from coordinator.server import run_server
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
-from proto.settings import PROTOCOL_VERSION, FederationSettings, PrivacySettings
+from proto.settings import PROTOCOL_VERSION, FederationSettings, PrivacySettings, SecAggSettings
 from security.consistency import SurvivorSignature
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
@@ -55,7 +55,8 @@ def coordinator_config(tmp: Path, sites: list[str], *, enrolled: list[str] | Non
                        min_sites: int | None = None, train: dict | None = None, method: str = "pfmh",
                        share_mode: str = "prototypes", privacy: str = "off", dims: tuple[int, int, int] = (8, 6, 3),
                        phase_timeout_s: float = 5.0, train_timeout_s: float = 10.0,
-                       max_message_mb: int = 4, privacy_settings: PrivacySettings | None = None) -> CoordinatorConfig:
+                       max_message_mb: int = 4, privacy_settings: PrivacySettings | None = None,
+                       secagg: SecAggSettings | None = None) -> CoordinatorConfig:
     enrolled = enrolled or sites
     fed = FederationSettings(federation_id=FED, image_dim=dims[0], text_dim=dims[1], num_classes=dims[2],
                              method=method, share_mode=share_mode, rounds=rounds,
@@ -63,6 +64,7 @@ def coordinator_config(tmp: Path, sites: list[str], *, enrolled: list[str] | Non
                              train=train or {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1,
                                              "shared_epochs": 1},
                              privacy=privacy_settings or PrivacySettings(mode=privacy),
+                             **({"secagg": secagg} if secagg is not None else {}),
                              train_timeout_s=train_timeout_s,
                              phase_timeout_s=phase_timeout_s)
     return CoordinatorConfig(federation=fed, sites=tuple(enrolled),

@@ -90,5 +90,12 @@ def test_distributed_refusal_names_the_keys_and_the_cohort(tmp_path: Path) -> No
 
 
 def test_distributed_with_one_colluder_below_the_threshold_loads(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "", '[federation.privacy]\nmode = "distributed"\ncolluding_sites = 1\n'))
+    cfg = load_config(write(tmp_path, "", '[federation.privacy]\nmode = "distributed"\ncolluding_sites = 1\n'
+                                          '[federation.secagg]\ncolluders = 1\n'))
     assert cfg.federation.privacy.colluding_sites == 1
+
+
+def test_distributed_noise_cannot_assume_more_colluders_than_secure_aggregation_tolerates(tmp_path: Path) -> None:
+    # 3 sites, default threshold 2: the consistency-checked protocol tolerates no colluder (2t > m + c)
+    with pytest.raises(SettingsError, match=r"colluding_sites = 1 exceeds the 0 colluders.*secagg.colluders"):
+        load_config(write(tmp_path, "", '[federation.privacy]\nmode = "distributed"\ncolluding_sites = 1\n'))

@@ -19,7 +19,7 @@ import torch
 
 from coordinator.rounds import RECORD_AGGREGATES_ENV
 from participant.privacy import ENCODER_MECHANISM, PROTOTYPE_MECHANISM
-from proto.settings import PrivacySettings
+from proto.settings import PrivacySettings, SecAggSettings
 from security.accountant import epsilon_for
 from security.ledger import Ledger
 from security.signing import SigningKey
@@ -53,14 +53,16 @@ def encoder_codes(daemon, method: str) -> np.ndarray:  # noqa: ANN001
 
 
 def run_dp_federation(tmp: Path, monkeypatch, *, method: str = "pfmh", share_mode: str = "prototypes",  # noqa: ANN001
-                      privacy: PrivacySettings, min_sites: int = 3) -> tuple[np.ndarray, list]:
+                      privacy: PrivacySettings, min_sites: int = 3,
+                      secagg: SecAggSettings | None = None) -> tuple[np.ndarray, list]:
     """Run ROUNDS networked rounds; returns (noise in every decoded sum, stacked; the daemons)."""
     monkeypatch.setenv(RECORD_AGGREGATES_ENV, "1")
     torch.set_num_threads(1)
     parts = write_site_files(tmp, SITES, seed=3)
     dims = (parts[0].image_dim, parts[0].text_dim, parts[0].num_classes)
     cfg = coordinator_config(tmp, SITES, rounds=ROUNDS, min_sites=min_sites, train=TRAIN, method=method,
-                             share_mode=share_mode, privacy_settings=privacy, dims=dims, train_timeout_s=90,
+                             share_mode=share_mode, privacy_settings=privacy, secagg=secagg, dims=dims,
+                             train_timeout_s=90,
                              phase_timeout_s=30)
     length = dims[2] * TRAIN["bits"] + dims[2]
     exact: dict[int, np.ndarray] = {}
@@ -122,11 +124,13 @@ def test_local_noise_in_the_decoded_sum_is_what_the_ledger_charges(tmp_path, mon
 
 @pytest.mark.parametrize("colluders", [0, 1])
 def test_distributed_noise_is_sized_for_threshold_less_colluders_not_min_sites(tmp_path, monkeypatch, colluders):
-    # Prepare: 3 sites, min_sites 3, default threshold t = 2. Each site adds 1/m of the variance, m = t - c:
-    # 1/2 with c = 0, all of it with c = 1 (sizing it from min_sites would give 1/3 either way)
+    # Prepare: 3 sites, min_sites 3. Each site adds 1/m of the variance, m = t - c. With c = 0 the default
+    # threshold is t = 2; tolerating c = 1 (in secure aggregation too) raises it to t = 3. So m = 2 either way,
+    # and sizing the share from min_sites (1/3), or ignoring c (1/3 with c = 1), is caught.
     privacy = PrivacySettings(mode="distributed", noise_multiplier=SIGMA, colluding_sites=colluders)
-    noise, daemons = run_dp_federation(tmp_path, monkeypatch, privacy=privacy, min_sites=3)
-    m = 2 - colluders
+    noise, daemons = run_dp_federation(tmp_path, monkeypatch, privacy=privacy, min_sites=3,
+                                       secagg=SecAggSettings(colluders=colluders))
+    m = 2
     # Assert
     assert_noise_std(noise, SIGMA * SENSITIVITY * math.sqrt(len(SITES) / m))
     # and the ledger records what the sum carried for the 3 survivors: sigma * sqrt((3 - c) / m)
