@@ -37,6 +37,10 @@ from pfmh_model.losses import prototype_contrastive_loss, quantization_loss_per_
 from pfmh_model.training import SiteTrainer
 from security.dp_sampling import poisson_sample
 
+# Opacus' hooks warn that the inputs need no gradient; features are data, so that is expected. Set once for
+# the process (catch_warnings is not thread-safe, and tests run several sites' daemons in one process).
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
 # (codes of the sampled records (n, b), their labels (n, C)) -> each record's own loss (n,)
 PerRecordLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -85,12 +89,9 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
                             expected_batch_size=expected_batch, loss_reduction="mean", generator=noise_generator)
     sampled.train()
     try:
-        with warnings.catch_warnings():
-            # Opacus hooks warn that inputs need no gradient; features are data, so that is expected.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-            for _ in range(release.steps):
-                _step(optimizer, sampled, model, image, text, labels, loss_fn, release, n=n, mask=mask_generator,
-                      noise=noise_generator, expected_batch=expected_batch, max_grad_norm=max_grad_norm)
+        for _ in range(release.steps):
+            _step(optimizer, sampled, model, image, text, labels, loss_fn, release, n=n, mask=mask_generator,
+                  noise=noise_generator, expected_batch=expected_batch, max_grad_norm=max_grad_norm)
     finally:
         sampled._close()  # remove Opacus hooks; the plain module stays where it was
         for param in model.parameters():
