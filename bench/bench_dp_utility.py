@@ -54,9 +54,9 @@ def _run(cell: dict) -> dict:
     from pfmh_model.aggregation import SiteUpload
     from pfmh_model.data import load_h5
     from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
-    from pfmh_model.network import make_dp_compatible
     from pfmh_model.partition import partition_dataset
     from pfmh_model.synthetic import generate
+    from pfmh_model.trainer_factory import use_dp_norms
     from pfmh_model.training import TrainConfig, flatten_state
     from proto.settings import FederationSettings, PrivacySettings
     from security.signing import SigningKey
@@ -87,13 +87,7 @@ def _run(cell: dict) -> dict:
             kinds = LocalRelease.dp_models(settings)
             self.releases = []
             for k, t in enumerate(self.trainers):
-                if kinds["dp_compatible"]:
-                    t.shared = make_dp_compatible(t.shared)
-                    t.shared_opt = torch.optim.Adam(t.shared.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-                if kinds["dp_personal"]:
-                    t.personal = make_dp_compatible(t.personal)
-                    t.personal_opt = torch.optim.Adam(t.personal.parameters(), lr=train.lr,
-                                                      weight_decay=train.weight_decay)
+                use_dp_norms(t, shared=kinds["dp_compatible"], personal=kinds["dp_personal"])
                 if k == 0 and self.layout.model_size:  # GroupNorm has no running statistics: re-size the layout
                     self.layout = dataclasses.replace(self.layout, model_size=int(flatten_state(t.shared_state()).size))
                 state = SitePrivacy(settings.privacy, epsilon_max=1e9, ledger_path=folder / f"site-{k}.jsonl",

@@ -32,8 +32,7 @@ from pfmh_model.errors import ModelError
 from pfmh_model.server_step import aggregator
 from proto.settings import FederationSettings
 from security.consistency import SurvivorSignature
-from security.dp_cohort import noise_cohort, sum_noise_multiplier
-from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder, UnsafeConfiguration
+from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
 from security.pki_verify import load_certificate, site_signing_public_key
 from security.prg import PrgAlgorithm
 from security.secagg_config import SecAggConfig
@@ -424,7 +423,6 @@ class RoundEngine:
             self._wait_phase(run, shared, s.phase_timeout_s)
             with self.cond:
                 run.unmask_request = run.server.close_masked_inputs()
-                self._check_noise_cohort(run)
                 self._advance(run, RoundPhase.CONSISTENCY if s.secagg.consistency_check else RoundPhase.UNMASK,
                               shared)
             survivors = set(run.unmask_request.survivors)
@@ -440,23 +438,6 @@ class RoundEngine:
                 self._complete(run, aggregate.total, aggregate.survivors, survivors)
         except RoundAborted as exc:
             self._abort(run, exc.reason)
-
-    def _check_noise_cohort(self, run: RoundRun) -> None:
-        """Distributed DP: abort, before any share is requested, a sum with fewer honest shares than sized for.
-
-        Each site sized its noise share for m = t - c honest contributors (``security.dp_cohort``); a sum
-        over k inputs of which c may collude holds k - c shares, so k < m + c must never be unmasked.
-        """
-        privacy = self.settings.privacy
-        if privacy.mode != "distributed":
-            return
-        contributors = len(run.unmask_request.survivors)
-        try:
-            m = noise_cohort(threshold=run.server.plan.threshold, colluding_sites=privacy.colluding_sites)
-            sum_noise_multiplier(sigma=privacy.noise_multiplier, contributors=contributors, cohort=m,
-                                 colluding_sites=privacy.colluding_sites)
-        except UnsafeConfiguration as exc:
-            raise RoundAborted(f"distributed DP: {exc}") from exc
 
     def _complete(self, run: RoundRun, total, survivors: tuple[str, ...], expected: set[str]) -> None:
         summed = SiteUpload.from_vector(total, self.layout)

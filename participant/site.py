@@ -253,9 +253,9 @@ class SiteDaemon:
         return noise_cohort(threshold=self.secagg_config.plan(cohort_size).threshold,
                             colluding_sites=self.settings.privacy.colluding_sites)
 
-    def _train(self, noise_cohort: int) -> np.ndarray:
+    def _train(self, cohort_m: int) -> np.ndarray:
         """Local training; returns this round's upload vector (DP noise already added where on)."""
-        return self.release.compute(self.data.train, self.prototypes, noise_cohort=noise_cohort)
+        return self.release.compute(self.data.train, self.prototypes, noise_cohort=cohort_m)
 
     def _round(self, config: pb.RoundConfig) -> None:
         started = time.perf_counter()

@@ -49,15 +49,21 @@ def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, n
     else:
         trainer = SiteTrainer(config, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,
                               init_seed=config.seed, batch_seed=batch_seed, device=device)
-    if dp_compatible:
+    use_dp_norms(trainer, shared=dp_compatible, personal=dp_personal)
+    return trainer
+
+
+def use_dp_norms(trainer: SiteTrainer, *, shared: bool, personal: bool) -> None:
+    """Swap BatchNorm for per-record norms in the chosen models (DP-SGD), each with a fresh Adam."""
+    config = trainer.config
+    if shared:
         trainer.shared = make_dp_compatible(trainer.shared)  # type: ignore[assignment]  # same forward, other norm
         trainer.shared_opt = torch.optim.Adam(trainer.shared.parameters(), lr=config.lr,
                                               weight_decay=config.weight_decay)
-    if dp_personal:
+    if personal:
         trainer.personal = make_dp_compatible(trainer.personal)  # type: ignore[assignment]
         trainer.personal_opt = torch.optim.Adam(trainer.personal.parameters(), lr=config.lr,
                                                 weight_decay=config.weight_decay)
-    return trainer
 
 
 def shared_model_size(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,

@@ -4,14 +4,16 @@ In ``distributed`` mode each site adds only a share of the Gaussian noise and se
 sums. The share must be sized for the *smallest* sum the coordinator can ever decode, with the noise of the
 sites that collude with it removed (a colluder can subtract its own share):
 
-- secure aggregation reconstructs a round only from at least t survivors (``SecAggClient.unmask`` refuses
-  fewer; ``security.secagg_config`` derives t), so a decoded sum holds k >= t inputs;
-- up to c of them may collude (``privacy.colluding_sites``), so at least k - c >= t - c honest shares remain;
-- each site therefore adds variance ``(sigma * S)^2 / m`` with ``m = t - c`` (``noise_cohort``), and a sum
-  over k contributors carries at least ``(k - c) / m >= 1`` times the target variance.
+- to remove the self mask of an honest site u the coordinator needs t shares of u's self seed, and only
+  survivors reveal them (``SecAggClient.unmask``). For the coalition (the coordinator and c colluders) to
+  isolate the sum over a set S of honest inputs, all of u's surviving share holders must lie in S or among
+  the colluders, so |S| + c >= t: every decodable sum of honest inputs holds at least t - c of them (not
+  "at least t inputs": under SecAgg+ colluders and dropouts may together know all masks of a small S);
+- each site therefore adds variance ``(sigma * S)^2 / m`` with ``m = t - c`` (``noise_cohort``), and every
+  decodable sum carries at least the target variance (docs/PRIVACY.md section 3).
 
-``min_sites`` plays no part: a round may complete with fewer survivors than ``min_sites`` but never with
-fewer than t. ``sum_noise_multiplier`` is what the ledger records for the cohort that really survived.
+``min_sites`` plays no part. ``sum_noise_multiplier`` is what the ledger records for the full sum over the
+cohort that survived, assuming c of its members collude.
 """
 from __future__ import annotations
 
