@@ -24,7 +24,6 @@ upload and returns their sum, so the networked coordinator reuses ``aggregate_gl
 """
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable
@@ -48,24 +47,12 @@ from pfmh_model.local_round import (
     train_pfmh_site,
     train_pfmh_sites,
 )
+from pfmh_model.methods import Method, ShareMode
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
 
 logger = logging.getLogger(__name__)
-
-
-class Method(enum.StrEnum):
-    PFMH = "pfmh"
-    FEDAVG = "fedavg"
-    LOCAL = "local"
-    CENTRALIZED = "centralized"
-    FEDHAP = "fedhap"
-
-
-class ShareMode(enum.StrEnum):
-    PROTOTYPES = "prototypes"
-    PROTOTYPES_AND_MODEL = "prototypes+model"
 
 
 @dataclass(frozen=True)

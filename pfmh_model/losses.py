@@ -14,45 +14,17 @@ reaches the shared model (the reference fed it the personal model's neck feature
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.nn import functional as F
 
 from pfmh_model.errors import OptionError
+from pfmh_model.train_config import LossWeights
 
 __all__ = ["LossWeights", "label_affinity", "similarity_loss", "quantization_loss", "distillation_loss",
            "prototype_contrastive_loss"]
 
 _EPS = 1e-8
 _NEG = -1e9  # finite "minus infinity" for masked logits: keeps gradients free of NaN
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the PFMH loss terms (the total is their weighted sum).
-
-    Reference: similarity 0.01, quantization 0.001, distillation 0.001, contrastive 1, Adam lr
-    1e-5. Ours (tuned on Wiki, 32 bits, Adam lr 1e-3): similarity 1 (it carries the pairwise
-    label structure; at 0.01 it was swamped by L_con: 0.615 vs 0.643 query mAP after one
-    centralised round), quantization 0.1 (1 gave the same mAP, 0.01 slightly less), distillation
-    0.01 (1 drags the shared model towards each site's personal code space: federated global mAP
-    fell from 0.74 to 0.58), contrastive 1 per prototype set.
-
-    Raises:
-        OptionError: a weight is negative or not finite.
-    """
-
-    similarity: float = 1.0
-    quantization: float = 0.1
-    distillation: float = 0.01
-    contrastive: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("similarity", "quantization", "distillation", "contrastive"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
-                raise OptionError(f"LossWeights.{name}={value!r} is invalid: need a finite number >= 0")
 
 
 def label_affinity(labels: torch.Tensor) -> torch.Tensor:
