@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+from pfmh_model.methods import DEFAULT_SHARE_MODE, ShareMode
+
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--bits", type=int, default=32)
     p.add_argument("--epochs", type=int, default=5, help="local epochs for each of the personal and shared model")
-    p.add_argument("--share-mode", default="prototypes", choices=["prototypes", "prototypes+model"])
+    p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
+                   help="what sites share besides prototype statistics (default: %(default)s)")
     p.add_argument("--dp", default="local", choices=["off", "local", "distributed"], help="DP mode")
     p.add_argument("--noise-multiplier", type=float, default=4.0, help="sigma of the prototype-statistics noise")
     p.add_argument("--dp-sgd-noise-multiplier", type=float, default=3.0,

@@ -47,7 +47,7 @@ from pfmh_model.local_round import (
     train_pfmh_site,
     train_pfmh_sites,
 )
-from pfmh_model.methods import Method, ShareMode
+from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
@@ -61,7 +61,7 @@ class FederationConfig:
 
     method: Method = Method.PFMH
     rounds: int = 10
-    share_mode: ShareMode = ShareMode.PROTOTYPES_AND_MODEL
+    share_mode: ShareMode = DEFAULT_SHARE_MODE
     train: TrainConfig = field(default_factory=TrainConfig)
     eval_every: int = 1
     fedhap: FedHAPConfig = field(default_factory=FedHAPConfig)

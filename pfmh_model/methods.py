@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Method", "ShareMode"]
+__all__ = ["DEFAULT_SHARE_MODE", "Method", "ShareMode"]
 
 
 class Method(enum.StrEnum):
@@ -18,3 +18,7 @@ class Method(enum.StrEnum):
 class ShareMode(enum.StrEnum):
     PROTOTYPES = "prototypes"
     PROTOTYPES_AND_MODEL = "prototypes+model"
+
+
+# The one default both the daemons and the simulation use (issue #14 picks it by measurement).
+DEFAULT_SHARE_MODE = ShareMode.PROTOTYPES

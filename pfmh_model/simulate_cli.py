@@ -19,6 +19,7 @@ from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.errors import ModelError
 from pfmh_model.federation import Federation, FederationConfig, Method, RoundRecord, ShareMode
+from pfmh_model.methods import DEFAULT_SHARE_MODE
 from pfmh_model.partition import class_histograms, format_histograms, partition_dataset
 from pfmh_model.plots import plot_run
 from pfmh_model.synthetic import PRESETS, generate
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-epochs", type=int, default=None, help="default: TrainConfig's")
     p.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
     p.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--share-mode", default=ShareMode.PROTOTYPES_AND_MODEL.value, choices=[m.value for m in ShareMode])
+    p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
+                   help="what sites share besides prototype statistics (default: %(default)s, as the daemons)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=1)
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,

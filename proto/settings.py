@@ -171,7 +171,7 @@ class FederationSettings:
     text_dim: int
     num_classes: int
     method: str = "pfmh"                 # pfmh | fedavg | fedhap
-    share_mode: str = "prototypes"       # prototypes | prototypes+model
+    share_mode: str = "prototypes"       # prototypes | prototypes+model (= pfmh_model.methods.DEFAULT_SHARE_MODE)
     rounds: int = 5
     min_sites: int = 2
     train: dict[str, Any] = field(default_factory=dict)   # pfmh_model.training.TrainConfig fields
