@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from federation.plan import FederationSettings
 from participant.dp_sgd import (
     planned_release,
     train_encoder_dp_sgd,
@@ -34,7 +35,6 @@ from pfmh_model.local_round import make_upload, train_fedavg_site, train_fedhap_
 from pfmh_model.network import HashNet
 from pfmh_model.prototypes import PrototypeStats, complete_prototypes
 from pfmh_model.training import SiteTrainer
-from proto.settings import FederationSettings
 from security.dp_sensitivity import l2_sensitivity
 from security.errors import SecurityError
 

@@ -17,9 +17,10 @@ import numpy as np
 
 from coordinator.config import CoordinatorConfig, ServerSettings, TlsSettings
 from coordinator.server import run_server
+from federation.plan import FederationSettings, PrivacySettings, SecAggSettings
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
-from proto.settings import PROTOCOL_VERSION, FederationSettings, PrivacySettings, SecAggSettings
+from proto.settings import PROTOCOL_VERSION
 from security.consistency import SurvivorSignature
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
