@@ -135,6 +135,21 @@ def load_toml(cls: type[T], path: str | Path) -> T:
         raise SettingsError(f"{path}: {exc}") from None
 
 
+def key_paths(cls: type) -> list[str]:
+    """Every dotted key path of dataclass ``cls``'s tree, tables included (``"federation.train.weights.similarity"``).
+
+    The schema the example configs in ``deploy/config/`` are checked against.
+    """
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        paths.append(f.name)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            paths += [f"{f.name}.{sub}" for sub in key_paths(tp)]
+    return paths
+
+
 def to_plain(obj: Any) -> Any:
     """A dataclass tree as JSON-able dicts (enums become their values)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

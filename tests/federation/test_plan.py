@@ -26,14 +26,21 @@ from tests.conftest import REPO_ROOT
 EXAMPLE = REPO_ROOT / "deploy" / "config" / "coordinator.toml"
 
 
-def _with(tmp_path: Path, table: str, line: str) -> Path:
-    """The example coordinator.toml with ``line`` set in ``[federation.<table>]`` (replacing that key)."""
+def _set(text: str, table: str, line: str) -> str:
+    """``text`` with ``line`` (``key = value``) in the ``[federation.<table>]`` table, replacing that key there."""
     key = line.split(" =")[0]
-    head, sep, rest = EXAMPLE.read_text().partition(f"[federation.{table}]\n")
-    assert sep, f"the example has no [federation.{table}] table"
-    rest = re.sub(rf"^{re.escape(key)} = .*$", "", rest, count=1, flags=re.M)
+    header = re.search(rf"^\[federation\.{re.escape(table)}\][^\n]*\n", text, re.M)
+    assert header, f"the example has no [federation.{table}] table"
+    end = re.compile(r"^\[", re.M).search(text, header.end())
+    body = text[header.end():end.start() if end else len(text)]
+    body = re.sub(rf"^{re.escape(key)} = .*\n", "", body, count=1, flags=re.M)
+    return text[:header.end()] + line + "\n" + body + (text[end.start():] if end else "")
+
+
+def _with(tmp_path: Path, table: str, line: str) -> Path:
+    """The example coordinator.toml with ``line`` set in ``[federation.<table>]``, written to tmp_path."""
     path = tmp_path / "coordinator.toml"
-    path.write_text(head + sep + line + "\n" + rest)
+    path.write_text(_set(EXAMPLE.read_text(), table, line))
     return path
 
 
@@ -56,9 +63,9 @@ def test_example_plan_is_fully_typed() -> None:
 
 def test_plan_round_trips_toml_json_plan(tmp_path: Path) -> None:
     # Prepare: a plan that sets non-default values in every table
-    path = _with(tmp_path, "privacy", 'accountant = "prv"')
-    text = path.read_text().replace('method = "pfmh"', 'method = "fedhap"')
-    text += '\n[federation.fedhap]\nadversarial = 0.5\n[federation.train.weights]\nsimilarity = 0.5\n'
+    text = _set(EXAMPLE.read_text(), "privacy", 'accountant = "prv"').replace('method = "pfmh"', 'method = "fedhap"')
+    text = _set(_set(text, "fedhap", "adversarial = 0.5"), "train.weights", "similarity = 0.5")
+    path = tmp_path / "coordinator.toml"
     path.write_text(text)
     # Execute
     plan = build(FederationSettings, _federation_table(path), "federation")
