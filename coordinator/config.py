@@ -14,7 +14,7 @@ from pathlib import Path
 
 from federation.plan import FederationSettings
 from federation.secagg import secagg_config
-from proto.settings import FieldError, SettingsError, load_toml
+from proto.settings import FieldError, SettingsError, check_address, check_range, load_toml
 from security.dp_cohort import noise_cohort
 from security.dp_config import DPMode
 from security.errors import OverflowRisk, SecurityError
@@ -33,6 +33,15 @@ class ServerSettings:
     gather_s: float = 3.0       # once min_sites are live, wait this long for the other enrolled sites
     exclude_rounds: int = 3     # a site refused at the door (forged/replayed message) sits out this many rounds
     max_invalid_messages: int = 3  # rejected messages in one round that also exclude a site
+
+    def __post_init__(self) -> None:
+        check_address("listen", self.listen)
+        for key in ("max_message_mb", "max_workers", "max_invalid_messages"):
+            check_range(self, key, low=1)
+        for key in ("long_poll_s", "liveness_s"):
+            check_range(self, key, low=0, low_open=True)
+        for key in ("grace_s", "gather_s", "exclude_rounds"):
+            check_range(self, key, low=0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class CoordinatorConfig:
                              f"1..{len(self.sites)} (the number of enrolled sites)")
         self._check_cohorts()
         self._check_distributed_noise()
+        check_address("metrics_listen", self.metrics_listen, empty_ok=True)
         if not self.tls.crl and not self.tls.allow_no_crl:
             raise FieldError("tls.crl", "is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
 

@@ -33,6 +33,7 @@ from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
 from pfmh_model.server_step import aggregator
 from security.consistency import SurvivorSignature
+from security.dp_config import DPMode
 from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
 from security.pki_verify import load_certificate, site_signing_public_key
 from security.secagg_messages import (
@@ -486,7 +487,7 @@ class RoundEngine:
     def _dp_expected(self) -> bool:
         """Whether every site's input must carry a DP release (the audit's cross-check, ``dp`` in the round log)."""
         s = self.settings
-        return s.privacy.mode != "off" and (s.uses_prototypes or s.uses_dp_sgd)
+        return s.privacy.mode is not DPMode.OFF and (s.uses_prototypes or s.uses_dp_sgd)
 
     def _abort(self, run: RoundRun, reason: str) -> None:
         with self.cond:

@@ -35,6 +35,30 @@ class FieldError(ValueError):
         self.key, self.message = key, message
 
 
+def check_address(key: str, value: str, *, empty_ok: bool = False) -> None:
+    """``value`` is ``host:port`` with a port in 1..65535 (0 too, "any free port", for a listen address).
+
+    Raises:
+        FieldError: naming ``key``.
+    """
+    if empty_ok and value == "":
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise FieldError(key, f"{value!r} is not host:port (e.g. \"127.0.0.1:50051\")"
+                         + (" or empty" if empty_ok else ""))
+
+
+def check_range(obj: Any, key: str, *, low: float, high: float = float("inf"), low_open: bool = False) -> None:
+    """``obj.<key>`` is a number in ``[low, high]`` (``(low, high]`` with ``low_open``), else FieldError."""
+    value = getattr(obj, key)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value <= high \
+        and (value > low if low_open else value >= low)
+    if not ok:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise FieldError(key, f"{value!r} must be {bound}" + (f" and <= {high:g}" if high != float("inf") else ""))
+
+
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):

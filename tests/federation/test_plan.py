@@ -167,3 +167,12 @@ def test_direct_construction_is_typed_and_checked() -> None:
         PrivacySettings(delta=1.5)
     with pytest.raises(ValueError, match="fraction_bits"):
         SecAggSettings(fraction_bits=60)
+
+
+def test_site_refuses_a_bad_settings_document() -> None:
+    # Prepare: what a broken (or older, laxer) coordinator might send in JoinReply.settings_json
+    good = json.loads(FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2).to_json())
+    good["privacy"]["delta"] = 5.0
+    # Execute / Assert: the site checks the same rules and names the key
+    with pytest.raises(SettingsError, match=r"^settings\.privacy\.delta: delta=5\.0 must be in \(0, 1\)"):
+        FederationSettings.from_json(json.dumps(good))
