@@ -41,10 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Dirichlet concentration of the non-IID split (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default: %(default)s)")
     p.add_argument("--bits", type=int, default=64, help="code length (default: %(default)s)")
-    p.add_argument("--personal-epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--shared-epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
+    train = TrainConfig()  # the defaults below are TrainConfig's own
+    p.add_argument("--personal-epochs", type=int, default=train.personal_epochs,
+                   help="local epochs of the personal model (default: %(default)s)")
+    p.add_argument("--shared-epochs", type=int, default=train.shared_epochs,
+                   help="local epochs of the shared model (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=train.batch_size,
+                   help="training batch size (default: %(default)s)")
     p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
                    help="what sites share besides prototype statistics (default: %(default)s, as the daemons)")
     p.add_argument("--seed", type=int, default=0,

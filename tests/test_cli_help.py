@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPTS = ["pfmh-coordinator", "pfmh-participant", "pfmh-ca", "pfmh-simulate", "pfmh-demo"]
+SCRIPTS = ["pfmh-coordinator", "pfmh-participant", "pfmh-ca", "pfmh-simulate", "pfmh-demo", "pfmh-datagen"]
 
 
 def _parser(script: str) -> argparse.ArgumentParser:
