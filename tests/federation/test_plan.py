@@ -176,3 +176,10 @@ def test_site_refuses_a_bad_settings_document() -> None:
     # Execute / Assert: the site checks the same rules and names the key
     with pytest.raises(SettingsError, match=r"^settings\.privacy\.delta: delta=5\.0 must be in \(0, 1\)"):
         FederationSettings.from_json(json.dumps(good))
+
+
+def test_missing_required_key_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "coordinator.toml"
+    path.write_text(re.sub(r"^num_classes = .*\n", "", EXAMPLE.read_text(), count=1, flags=re.M))
+    with pytest.raises(SettingsError, match=r"coordinator\.toml: federation\.num_classes: required key is missing$"):
+        load_config(path)
