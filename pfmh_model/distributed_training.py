@@ -35,7 +35,7 @@ from pfmh_model.errors import OptionError
 from pfmh_model.network import HashNet, _Dropout
 from pfmh_model.training import Records, SiteTrainer, _Term, _weighted_sum
 
-__all__ = ["ShardedSiteTrainer", "shard_bounds"]
+__all__ = ["ShardedSiteTrainer", "broadcast_message", "shard_bounds", "stop_followers"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,18 @@ def _cpu(value: Any) -> Any:  # noqa: ANN401
     return value
 
 
+def broadcast_message(group: Any, message: Any = None) -> Any:  # noqa: ANN401
+    """Rank 0 sends ``message`` (any picklable value) to every rank of ``group``; all return it."""
+    box = [message]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def stop_followers(group: Any) -> None:  # noqa: ANN401
+    """Leader: tell the followers to leave :meth:`ShardedSiteTrainer.follow` (or not to start)."""
+    broadcast_message(group, ("stop", {}, None))
+
+
 class ShardedSiteTrainer(SiteTrainer):
     """A :class:`SiteTrainer` whose ``train_personal`` / ``train_shared`` run on every rank at once.
 
@@ -170,8 +182,12 @@ class ShardedSiteTrainer(SiteTrainer):
     split: Records
 
     @classmethod
-    def adopt(cls, trainer: SiteTrainer, split: Records) -> ShardedSiteTrainer:
-        """This process's trainer, with its models, optimisers and generator, as a sharded one."""
+    def adopt(cls, trainer: SiteTrainer, split: Records, *, group: Any = None) -> ShardedSiteTrainer:  # noqa: ANN401
+        """This process's trainer, with its models, optimisers and generator, as a sharded one.
+
+        ``group``: the process group of our messages and collectives (every rank); None makes one
+        (a collective call: every rank must adopt at the same point).
+        """
         if not dist.is_initialized():
             raise OptionError("distributed training needs torch.distributed.init_process_group first "
                               "(launch with torchrun)")
@@ -180,43 +196,42 @@ class ShardedSiteTrainer(SiteTrainer):
                               f"{type(trainer).__name__}")
         out = cls.__new__(cls)
         out.__dict__.update(trainer.__dict__)
-        out.group = dist.new_group(backend=dist.get_backend())  # ours, apart from DDP's buckets
+        out.group = dist.new_group(backend=dist.get_backend()) if group is None else group  # apart from DDP's
         out.rank, out.world, out.split = dist.get_rank(), dist.get_world_size(), split
         return out
 
     # ----------------------------------------------------------------- leader / follower protocol
     def command(self, op: str, payload: dict[str, Any]) -> None:
         """Leader: send ``op`` with ``payload`` and the trainer state to every follower."""
-        message = [(op, _cpu(payload), _cpu(self.state_dict()) if op != "stop" else None)]
-        dist.broadcast_object_list(message, src=0, group=self.group)
+        broadcast_message(self.group, (op, _cpu(payload), _cpu(self.state_dict()) if op != "stop" else None))
 
     def receive(self) -> tuple[str, dict[str, Any]]:
         """Follower: the next call from the leader; the leader's trainer state is loaded first."""
-        message: list[Any] = [None]
-        dist.broadcast_object_list(message, src=0, group=self.group)
-        op, payload, state = message[0]
+        op, payload, state = broadcast_message(self.group)
         if state is not None:
             self.load_state_dict(state)
         return op, payload
 
-    def follow(self, handlers: dict[str, Any] | None = None) -> None:
-        """Follower: mirror the leader's training calls until it sends "stop".
+    def follow(self, handlers: dict[str, Any] | None = None) -> int:
+        """Follower: mirror the leader's training calls until it sends "stop"; returns how many it mirrored.
 
         ``handlers`` adds calls beyond the two training ones: op -> fn(trainer, payload).
         """
         ops = {"train_personal": lambda t, p: SiteTrainer.train_personal(t, t.split, **p),
                "train_shared": lambda t, p: SiteTrainer.train_shared(t, t.split, **p), **(handlers or {})}
+        calls = 0
         while True:
             op, payload = self.receive()
             if op == "stop":
-                return
+                return calls
             if op not in ops:
                 raise OptionError(f"the leader asked for {op!r}, which this rank does not know")
             ops[op](self, payload)
+            calls += 1
 
     def stop(self) -> None:
         """Leader: release the followers (they return from :meth:`follow`)."""
-        self.command("stop", {})
+        stop_followers(self.group)
 
     def _check_split(self, split: Records) -> None:
         if split is not self.split:
