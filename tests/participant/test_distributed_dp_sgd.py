@@ -9,6 +9,7 @@ draws it on rank 0 only; that is not checked here.)
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,7 @@ def _rank(rank: int, world: int, port: int, out: str, noise: float) -> None:
     from pfmh_model.distributed_training import ShardedSiteTrainer
 
     torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         split, query, trainer, glob, kwargs = _setup(noise)

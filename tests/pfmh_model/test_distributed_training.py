@@ -7,6 +7,7 @@ ranks sum BatchNorm statistics and gradients in another order than one process d
 """
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -56,6 +57,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     from pfmh_model.distributed_training import ShardedSiteTrainer
 
     torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         split, query, image_dim, text_dim, num_classes = _data()
