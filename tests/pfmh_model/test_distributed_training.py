@@ -48,6 +48,7 @@ def _round(trainer: SiteTrainer, split: Split, query: Split, num_classes: int) -
     personal = trainer.train_personal(split)
     stats = trainer.prototype_statistics(split)
     shared = trainer.train_shared(split, prototypes=complete_prototypes(stats, glob), global_prototypes=glob)
+    trainer.train_personal(split, epochs=1)  # a model wrapped a second time, Adam resumed
     return {"sums": stats.sums, "counts": stats.counts, "personal_loss": np.array(personal["loss"]),
             "shared_loss": np.array(shared["loss"]), "codes": trainer.encode(query),
             "personal_codes": trainer.encode(query, model="personal")}
