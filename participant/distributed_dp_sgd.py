@@ -32,6 +32,7 @@ from participant.dp_sgd import PerRecordLoss
 from participant.privacy import Release
 from pfmh_model.data import Split
 from pfmh_model.distributed_training import ShardedSiteTrainer, shard_bounds
+from pfmh_model.training import Records
 from security.dp_sampling import poisson_sample
 
 __all__ = ["install_dp_sgd", "train_dp_sgd_sharded"]
@@ -41,7 +42,7 @@ def _secret_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
-def train_dp_sgd_sharded(trainer: ShardedSiteTrainer, model: nn.Module, split: Split, loss_fn: PerRecordLoss,
+def train_dp_sgd_sharded(trainer: ShardedSiteTrainer, model: nn.Module, split: Records, loss_fn: PerRecordLoss,
                          release: Release, *, max_grad_norm: float) -> Release:
     """This rank's part of ``release.steps`` DP-SGD steps on ``model`` (every rank calls it); returns ``release``."""
     from opacus import GradSampleModule
@@ -51,7 +52,7 @@ def train_dp_sgd_sharded(trainer: ShardedSiteTrainer, model: nn.Module, split: S
     if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
         raise ValueError("DP-SGD needs a model without BatchNorm: build the trainer with dp_compatible / "
                          "dp_personal")
-    device, n = trainer.device, len(split)
+    device, n = trainer.device, len(split.labels)
     lo, hi = shard_bounds(n, trainer.rank, trainer.world)
 
     def shard(x: np.ndarray) -> torch.Tensor:
@@ -90,7 +91,7 @@ def _zero_share_step(optimizer: Any, model: nn.Module) -> None:  # noqa: ANN401
     """The optimiser step of a rank that sampled no record: a zero clipped sum, then noise, sum, Adam."""
     for param in model.parameters():
         if param.requires_grad:
-            param.summed_grad = torch.zeros_like(param)
+            setattr(param, "summed_grad", torch.zeros_like(param))  # noqa: B010 - Opacus' attribute
     optimizer.add_noise()  # rank 0: noise; the others: the zero sum
     for param in model.parameters():
         if param.requires_grad:  # Opacus' scale_grad for one lot (it reads grad samples this rank has not)

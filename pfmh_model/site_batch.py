@@ -116,8 +116,9 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
             torch.index_select(lab, 0, idx, out=lab_buf[j, :length])
             if teacher_buf is not None and sites.teachers is not None:
                 torch.index_select(sites.teachers[j], 0, idx, out=teacher_buf[j, :length])
-            if present_buf is not None:  # drawn before the dropout masks, as the one-site step does
-                present_buf[j, :length] = trainers[order[j]]._modality_mask(length)  # noqa: SLF001
+            mask = trainers[order[j]]._modality_mask(length)  # noqa: SLF001 - before the dropout masks, as alone
+            if present_buf is not None and mask is not None:
+                present_buf[j, :length] = mask
         rows_t = max(lengths)  # pad this step's batches only as far as its longest
         count = torch.tensor(lengths, dtype=torch.float32, device=device)
         rows = (positions[:rows_t].unsqueeze(0) < count.unsqueeze(1)).to(torch.float32)
