@@ -9,7 +9,7 @@ use and send nothing anywhere but to rank 0's process group.
 Backend: gloo on the CPU; with ``device = "cuda"`` or ``"auto"`` (and CUDA present), NCCL with
 rank r on ``cuda:LOCAL_RANK``. FedHAP is trained on one process only (refused at join).
 
-Messages between ranks, in order: rank 0 sends ("settings", {settings JSON, site index}) after
+Messages between ranks, in order: rank 0 sends ("settings", {settings JSON}) after
 joining, or ("stop") if it cannot; then one message per training call; then ("stop").
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ from participant.local_release import LocalRelease
 from participant.site import SiteDaemon, SiteMismatch
 from pfmh_model.data import load_h5
 from pfmh_model.distributed_training import ShardedSiteTrainer, broadcast_message, stop_followers
-from pfmh_model.local_round import site_batch_seed
 from pfmh_model.trainer_factory import make_trainer
 from proto.settings import FederationSettings
 
@@ -64,11 +63,11 @@ def rank_device(device: str) -> tuple[str, str]:
     return "nccl", f"cuda:{local}"
 
 
-def _trainer(cfg: SiteConfig, settings: FederationSettings, site_index: int) -> Any:  # noqa: ANN401
-    """The trainer ``SiteDaemon._setup`` builds, for a follower."""
+def _trainer(cfg: SiteConfig, settings: FederationSettings) -> Any:  # noqa: ANN401
+    """A follower's trainer: the architecture ``SiteDaemon._setup`` builds. Its weights, optimiser state and
+    generator (batch seed) do not matter: every training call brings rank 0's."""
     return make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                         num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
-                        batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), site_index),
                         method=settings.method, fedhap=settings.fedhap, device=cfg.device)
 
 
@@ -93,8 +92,7 @@ class DistributedSiteDaemon(SiteDaemon):
         if settings.method == "fedhap":
             raise SiteMismatch("the federation trains fedhap, which a site trains on one process only: run "
                                "pfmh-participant join without torchrun")
-        broadcast_message(self.group, ("settings", {"settings": (self.state_dir / "settings.json").read_text(),
-                                                    "site_index": self.site_index}, None))
+        broadcast_message(self.group, ("settings", {"settings": (self.state_dir / "settings.json").read_text()}, None))
         return settings
 
     def _setup(self, settings: FederationSettings) -> None:
@@ -121,7 +119,7 @@ def _follow(cfg: SiteConfig, base: Path, group: Any) -> int:  # noqa: ANN401
     settings = FederationSettings.from_json(payload["settings"])
     torch.set_num_threads(cfg.threads)
     data = load_h5(base / cfg.data)
-    trainer = ShardedSiteTrainer.adopt(_trainer(cfg, settings, int(payload["site_index"])), data.train, group=group)
+    trainer = ShardedSiteTrainer.adopt(_trainer(cfg, settings), data.train, group=group)
     calls = trainer.follow(install_dp_sgd(trainer))
     logger.info("rank %d of %s: released by rank 0 after mirroring %d training call(s)", trainer.rank, cfg.site,
                 calls)
