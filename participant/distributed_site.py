@@ -32,7 +32,11 @@ from participant.site import SiteDaemon, SiteMismatch
 from pfmh_model.data import load_h5
 from pfmh_model.distributed_training import ShardedSiteTrainer, broadcast_message, stop_followers
 from pfmh_model.trainer_factory import make_trainer
-from proto.settings import FederationSettings
+
+try:  # where the typed plan lives once issue 15's federation/ package is merged
+    from federation.plan import FederationSettings
+except ImportError:  # pragma: no cover - before that merge
+    from proto.settings import FederationSettings  # type: ignore[no-redef]
 
 __all__ = ["DistributedSiteDaemon", "launched_by_torchrun", "start_ranks"]
 
