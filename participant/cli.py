@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -64,6 +65,14 @@ def join(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.site != cfg.site:
         raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
+    daemon_class = SiteDaemon
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (docs/DEPLOY.md): only rank 0 goes on
+        from participant.distributed_site import start_ranks
+
+        lead = start_ranks(cfg, args.config.resolve().parent)
+        if lead is None:
+            return 0
+        cfg, daemon_class = lead
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -81,7 +90,7 @@ def join(args: argparse.Namespace) -> int:
     if cfg.metrics_listen:
         host, _, port = cfg.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
-    daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
+    daemon = daemon_class(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
     return daemon.run()
 
 
