@@ -116,7 +116,7 @@ class PivotGroups:
         group, to_pivot = _assign(archive_packed, self.pivots_t)
         span = bits + 1
         key = group * span + to_pivot
-        self.rows = np.argsort(key, kind="stable")                                # rows ascending within a key
+        self.rows = np.argsort(key, kind="stable").astype(np.int32 if n < 2**31 else np.int64)  # ascending per key
         # offsets[g * span + t]: first stored position of group g at distance t from its pivot
         self.offsets = np.zeros(p * span + 1, np.int64)
         np.cumsum(np.bincount(key, minlength=p * span), out=self.offsets[1:])
