@@ -1,5 +1,5 @@
-"""A site's archive of binary codes: append, exact top-k search (linear scan or multi-index hashing),
-atomic save and load."""
+"""A site's archive of binary codes: append, exact top-k search (linear scan, distinct codes, pivot groups or
+multi-index hashing), atomic save and load."""
 from __future__ import annotations
 
 import os
@@ -28,9 +28,9 @@ class HammingIndex:
     """A site's archive of binary codes: append codes, exact top-k search, atomic save and load.
 
     Codes are stored packed (8 bytes per 64 bits). Search is ``retrieval.search``'s exact linear scan, or
-    from ``MIH_MIN_ARCHIVE`` codes on exact multi-index hashing, or the distinct-code search when
-    codes repeat (built on the first search after an ``add``, or by :meth:`prepare`); all give the
-    same answer. Result positions are the order in which codes were added,
+    from ``MIH_MIN_ARCHIVE`` codes on the distinct-code search when codes repeat, pivot groups when
+    they cluster, or exact multi-index hashing otherwise (built on the first search after an ``add``,
+    or by :meth:`prepare`); all give the same answer. Result positions are the order in which codes were added,
     starting at 0.
 
     Args:
