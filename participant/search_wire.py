@@ -47,8 +47,9 @@ class ReplyWriter:
 
     def __init__(self, snapshot: ArchiveSnapshot, model_version: str) -> None:
         self.snapshot = snapshot
-        self.ids = snapshot.ids
-        self.labels = snapshot.labels
+        # plain ndarray views of the mapped files: indexing an np.memmap costs a Python-level __getitem__
+        self.ids = np.asarray(snapshot.ids)
+        self.labels = None if snapshot.labels is None else np.asarray(snapshot.labels)
         if self.labels is not None:
             classes = int(snapshot.meta["num_classes"])
             self._classes = classes
@@ -83,18 +84,16 @@ class ReplyWriter:
             - rows: (k,) archive rows; distances: (k,) their Hamming distances
         """
         ids = self.ids[rows].tolist()                          # bytes, as stored (UTF-8)
-        patterns = (np.ascontiguousarray(self.labels[rows]).view(self._label_void).ravel().tolist()
-                    if self.labels is not None else None)
-        dist_field, short, labels_of = self._distance, _SHORT, self._labels_of
-        hits = []
-        for j, (record_id, row, dist) in enumerate(zip(ids, rows.tolist(), distances.tolist(), strict=True)):
-            body = b"\x0a" + short[len(record_id)] + record_id if record_id else b""   # ids are <= 128 bytes
-            if row:
-                body += b"\x10" + (short[row] if row < _TABLE else varint(row))
-            body += dist_field[dist]
-            if patterns is not None:
-                body += labels_of(patterns[j])
-            hits.append(b"\x0a" + varint(len(body)) + body)
+        short, dist_field = _SHORT, self._distance
+        rows_l = rows.tolist()
+        heads = [(b"\x0a" + short[len(i)] + i if i else b"")            # ids are <= 128 bytes
+                 + (b"" if r == 0 else b"\x10" + (short[r] if r < _TABLE else varint(r))) + dist_field[d]
+                 for i, r, d in zip(ids, rows_l, distances.tolist(), strict=True)]
+        if self.labels is not None:
+            cache, labels_of = self._label_fields, self._labels_of
+            patterns = np.ascontiguousarray(self.labels[rows]).view(self._label_void).ravel().tolist()
+            heads = [h + (cache.get(p) if p in cache else labels_of(p)) for h, p in zip(heads, patterns, strict=True)]
+        hits = [b"\x0a" + (short[len(h)] if len(h) < _TABLE else varint(len(h))) + h for h in heads]
         return _field(1, b"".join(hits))
 
     def reply(self, results: list[bytes]) -> bytes:
