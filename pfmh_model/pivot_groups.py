@@ -111,7 +111,7 @@ class PivotGroups:
         self.pivots_t = np.ascontiguousarray(archive_packed[picked].T)            # (w, p)
         # Lloyd steps on a strided sample (a few dozen rows per pivot place it well), then one full pass.
         sample = archive_packed[:: max(1, n // max(SAMPLE_ROWS, 64 * p))]
-        for _ in range(refine):
+        for _ in range(refine if n else 0):
             self.pivots_t = _majority(sample, _assign(sample, self.pivots_t)[0], self.pivots_t, bits)
         group, to_pivot = _assign(archive_packed, self.pivots_t)
         span = bits + 1

@@ -101,3 +101,4 @@ def test_bad_arguments_raise() -> None:
     with pytest.raises(DataError, match="words"):
         index.search(np.zeros((1, 2), np.uint64), k=1)
     assert index.search(archive[:0], k=3).indices.shape == (0, 3)
+    assert PivotGroups(archive[:0], 16).search(archive[:2], k=3).indices.shape == (2, 0)
