@@ -21,6 +21,10 @@ def varint(value: int) -> bytes:
     """``value`` (>= 0) as a protobuf base-128 varint."""
     if value < _TABLE:
         return _SHORT[value]
+    if value < 1 << 21:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 1 << 28:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
