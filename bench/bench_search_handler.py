@@ -63,6 +63,7 @@ def main() -> None:
 
     from prometheus_client import CollectorRegistry
 
+    from federation.plan import FederationSettings, PrivacySettings
     from participant.archive import Archive
     from participant.search_engine import SearchEngine
     from participant.search_server import SearchMetrics, SearchServicer, _queries
@@ -71,7 +72,6 @@ def main() -> None:
     from pfmh_model.packed_codes import pack_codes
     from pfmh_model.record_file import RecordBatch
     from proto import search_pb2 as spb
-    from federation.plan import FederationSettings, PrivacySettings
 
     trainer, data = br.trained_model(args.bits, args.data, args.epochs)
     n = args.size
