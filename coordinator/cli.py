@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, SecurityError, OSError) as exc:
         print(f"pfmh-coordinator: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before serve installed its own handler
+        print("pfmh-coordinator: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
