@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -65,10 +66,13 @@ def join(args: argparse.Namespace) -> int:
         raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
     stop = threading.Event()
     received: list[str] = []
+    running: list = []  # the daemon, once built
 
     def on_signal(number: int, _frame) -> None:  # noqa: ANN001
         received.append(signal.Signals(number).name)
         stop.set()
+        if running and running[0].training:  # local training has no wait to notice the event: cut it short
+            raise Stopped("stopped during local training")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
@@ -87,12 +91,16 @@ def join(args: argparse.Namespace) -> int:
         host, _, port = cfg.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
     daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
+    running.append(daemon)
     try:
         code = daemon.run()
     except Stopped:  # before it had joined: nothing to leave
         code = 0
     if received:
         print(f"{cfg.site}: stopped ({received[0]})", flush=True)
+    # Everything is closed. Interpreter shutdown would garbage-collect the ~300k objects torch and the
+    # trainer leave behind for seconds (8 s for 3 sites on 2 loaded cores); frozen, they are skipped.
+    gc.freeze()
     return code
 
 

@@ -37,7 +37,7 @@ from proto.settings import PROTOCOL_VERSION, FederationSettings
 from proto.tensors import from_tensor
 from security.consistency import SurvivorSignature
 from security.dp_cohort import noise_cohort
-from security.errors import BudgetExceeded, SecurityError
+from security.errors import BudgetExceeded, SecurityError, UnsafeConfiguration
 from security.pki import Role
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
 from security.prg import PrgAlgorithm
@@ -96,6 +96,7 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        self.training = False  # in local training, which holds no wait: the CLI's signal handler cuts it short
         self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
@@ -216,6 +217,9 @@ class SiteDaemon:
                     if not round_moved_on(exc):
                         raise
                     raise RoundAbandoned(f"the coordinator moved on without this site ({exc})") from exc
+            except SiteMismatch as exc:  # fatal: say so to the coordinator, which stops waiting for us
+                self._leave(str(exc))
+                raise
             except Stopped:  # mid-round: this site takes no further part in the round
                 self.secagg.abort()
                 break
@@ -273,14 +277,22 @@ class SiteDaemon:
                                "(different software versions?)")
         self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
         releases = self.release.planned(len(self.data.train))
-        self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        try:
+            self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        except UnsafeConfiguration as exc:  # the same in every round: skipping would leave the others waiting
+            raise SiteMismatch(f"{self.cfg.site} cannot take part under the federation's privacy settings: "
+                               f"{exc}") from exc
         cohort_m = self._noise_cohort(len(config.cohort))
         # DP-SGD is charged when it runs: an abandoned round still leaves its trained encoder, whose outputs
         # the next upload releases.
         training = [r for r in releases if r.mechanism != PROTOTYPE_MECHANISM]
         if training:
             self.privacy.record(training, number, what_without_dp=self.release.not_covered())
-        vector = self._train(cohort_m)
+        self.training = True
+        try:
+            vector = self._train(cohort_m)
+        finally:
+            self.training = False
         advert = self.secagg.advertise(number, list(config.cohort))
         self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
             federation_id=fed, round=number, share_public_key=advert.share_public_key,
