@@ -71,11 +71,8 @@ def join(args: argparse.Namespace) -> int:
     def on_signal(number: int, _frame) -> None:  # noqa: ANN001
         received.append(signal.Signals(number).name)
         stop.set()
-        if running and running[0].training:  # local training has no wait to notice the event: cut it short
-            raise Stopped("stopped during local training")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+        if running and running[0].interruptible:  # building the trainer or training: no wait would notice
+            raise Stopped("stopped while building the trainer or training")
 
     def show(report) -> None:  # noqa: ANN001
         status = "ok" if report.completed else "skipped"
@@ -90,11 +87,13 @@ def join(args: argparse.Namespace) -> int:
     if cfg.metrics_listen:
         host, _, port = cfg.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
-    daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
-    running.append(daemon)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     try:
+        daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
+        running.append(daemon)
         code = daemon.run()
-    except Stopped:  # before it had joined: nothing to leave
+    except Stopped:  # before it had joined, or while building its trainer: nothing to leave yet
         code = 0
     if received:
         print(f"{cfg.site}: stopped ({received[0]})", flush=True)

@@ -96,7 +96,9 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
-        self.training = False  # in local training, which holds no wait: the CLI's signal handler cuts it short
+        # True while the site only computes (building the trainer, local training): that holds no wait that
+        # could notice ``stop``, so the CLI's signal handler raises ``Stopped`` there at once.
+        self.interruptible = False
         self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
@@ -131,6 +133,7 @@ class SiteDaemon:
 
     def _setup(self, settings: FederationSettings) -> None:
         self.settings = settings
+        self.interruptible = True  # until the ledger opens
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
@@ -145,6 +148,7 @@ class SiteDaemon:
                                    flatten_state(self.trainer.shared_state()).size if settings.shares_model else 0)
         self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed,
                                              method=settings.method)
+        self.interruptible = False  # from here on the ledger is open
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site)
@@ -288,11 +292,11 @@ class SiteDaemon:
         training = [r for r in releases if r.mechanism != PROTOTYPE_MECHANISM]
         if training:
             self.privacy.record(training, number, what_without_dp=self.release.not_covered())
-        self.training = True
+        self.interruptible = True
         try:
             vector = self._train(cohort_m)
         finally:
-            self.training = False
+            self.interruptible = False
         advert = self.secagg.advertise(number, list(config.cohort))
         self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
             federation_id=fed, round=number, share_public_key=advert.share_public_key,
