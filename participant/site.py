@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from federation.layout import upload_layout
 from federation.plan import FederationSettings
 from federation.secagg import secagg_config
-from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
+from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned, Stopped
 from participant.config import SiteConfig
 from participant.ledger_sync import LedgerReporter, require_coordinator_head
 from participant.local_release import LocalRelease, load_frozen_encoder
@@ -39,7 +39,7 @@ from proto.settings import PROTOCOL_VERSION
 from proto.tensors import from_tensor
 from security.consistency import SurvivorSignature
 from security.dp_cohort import noise_cohort
-from security.errors import BudgetExceeded, SecurityError
+from security.errors import BudgetExceeded, SecurityError, UnsafeConfiguration
 from security.pki import Role
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
 from security.secagg_client import SecAggClient
@@ -96,10 +96,13 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        # True while the site only computes (building the trainer, local training): that holds no wait that
+        # could notice ``stop``, so the CLI's signal handler raises ``Stopped`` there at once.
+        self.interruptible = False
         self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
-        self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
+        self.client = CoordinatorClient(cfg, base, on_bytes=self._count, stop=self.stop)
         self.data: MultiModalDataset = load_h5(base / cfg.data)
         self.ca_cert = load_certificate(base / cfg.tls.ca_cert)
         self.crl = load_crl(base / cfg.tls.crl, ca_cert=self.ca_cert) if cfg.tls.crl else None
@@ -130,6 +133,7 @@ class SiteDaemon:
 
     def _setup(self, settings: FederationSettings) -> None:
         self.settings = settings
+        self.interruptible = True  # until the ledger opens
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
@@ -144,6 +148,7 @@ class SiteDaemon:
                                     if settings.shares_model else None)
         self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed,
                                              method=settings.method)
+        self.interruptible = False  # from here on the ledger is open
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site)
@@ -191,9 +196,12 @@ class SiteDaemon:
         self._setup(self.join())
         reason = "stopped by its operator"
         while not self.stop.is_set():
-            config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
-                federation_id=self.settings.federation_id, after_round=self.after_round),
-                timeout_s=self.cfg.rpc_timeout_s + 15)
+            try:
+                config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
+                    federation_id=self.settings.federation_id, after_round=self.after_round),
+                    timeout_s=self.cfg.rpc_timeout_s + 15)
+            except Stopped:
+                break
             if config.status == pb.FINISHED:
                 logger.info("%s: the federation has finished", self.cfg.site)
                 reason = "federation finished"
@@ -207,6 +215,12 @@ class SiteDaemon:
                     if not round_moved_on(exc):
                         raise
                     raise RoundAbandoned(f"the coordinator moved on without this site ({exc})") from exc
+            except SiteMismatch as exc:  # fatal: say so to the coordinator, which stops waiting for us
+                self._leave(str(exc))
+                raise
+            except Stopped:  # mid-round: this site takes no further part in the round
+                self.secagg.abort()
+                break
             except BudgetExceeded as exc:
                 logger.error("%s stops uploading: %s", self.cfg.site, exc)
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0,
@@ -230,7 +244,7 @@ class SiteDaemon:
     def _leave(self, reason: str) -> None:
         try:
             self.client.call("Leave", pb.LeaveRequest(federation_id=self.settings.federation_id, reason=reason),
-                             timeout_s=5)
+                             timeout_s=5, retry=False)
         except Exception as exc:  # noqa: BLE001 - best effort: the coordinator may already be gone
             logger.info("could not tell the coordinator we leave: %s", exc)
 
@@ -261,14 +275,22 @@ class SiteDaemon:
                                "(different software versions?)")
         self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
         releases = self.release.planned(len(self.data.train))
-        self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        try:
+            self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        except UnsafeConfiguration as exc:  # the same in every round: skipping would leave the others waiting
+            raise SiteMismatch(f"{self.cfg.site} cannot take part under the federation's privacy settings: "
+                               f"{exc}") from exc
         cohort_m = self._noise_cohort(len(config.cohort))
         # DP-SGD is charged when it runs: an abandoned round still leaves its trained encoder, whose outputs
         # the next upload releases.
         training = [r for r in releases if r.mechanism != PROTOTYPE_MECHANISM]
         if training:
             self.privacy.record(training, number, what_without_dp=self.release.not_covered())
-        vector = self._train(cohort_m)
+        self.interruptible = True
+        try:
+            vector = self._train(cohort_m)
+        finally:
+            self.interruptible = False
         advert = self.secagg.advertise(number, list(config.cohort))
         self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
             federation_id=fed, round=number, share_public_key=advert.share_public_key,
