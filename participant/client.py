@@ -16,11 +16,13 @@ from typing import Any
 
 import grpc
 
+from federation.site_round import RoundAbandoned
 from participant.config import SiteConfig
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "RoundAbandoned"]
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
@@ -35,10 +37,6 @@ class CoordinatorError(Exception):
 
 class CoordinatorUnreachable(Exception):
     """No successful call for longer than the retry policy allows."""
-
-
-class RoundAbandoned(Exception):
-    """The coordinator aborted the round (nothing was revealed); wait for the next one."""
 
 
 class CoordinatorClient:
