@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from coordinator.audit import AuditError, AuditReport, SiteAudit, audit_state_dir, write_report
+from coordinator.audit import AuditError, AuditReport, SiteAudit, audit_state_dir
+from coordinator.audit_report import write_report
 
 _NO_CA = ("warning: certificates were NOT checked against the federation CA (pass --ca CA_CERT); "
           "a stored certificate was trusted as is")
