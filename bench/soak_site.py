@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from durable.atomic_file import atomic_path, atomic_write  # noqa: E402
 from federation.peers import PeerVerifier  # noqa: E402
 from federation.site_round import POINTS as ROUND_POINTS  # noqa: E402
 from federation.site_round import RoundAbandoned, SiteRound  # noqa: E402
@@ -61,10 +62,8 @@ log = logging.getLogger("soak_site")
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
-    tmp.replace(path)
 
 
 class SoakSite:
@@ -159,8 +158,7 @@ class SoakSite:
                     return 3
                 self._round(config)
                 after = config.round
-                meta.with_suffix(".tmp").write_text(json.dumps({"after_round": after}))
-                meta.with_suffix(".tmp").replace(meta)
+                atomic_write(meta, json.dumps({"after_round": after}).encode())
         except CoordinatorUnreachable as exc:
             self.event("outcome", outcome="unreachable", detail=str(exc)[:300])
             return 4

@@ -12,6 +12,9 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 FORBIDDEN = {
+    # Durable file writes (one atomic writer for every layer): the standard library only.
+    "durable": {"numpy", "torch", "h5py", "grpc", "cryptography", "prometheus_client", "pfmh_model", "security",
+                "proto", "federation", "coordinator", "participant", "opacus"},
     "pfmh_model": {"grpc", "cryptography", "prometheus_client", "security", "proto", "federation", "coordinator",
                    "participant", "opacus"},
     "security": {"torch", "grpc", "pfmh_model", "proto", "federation", "coordinator", "participant", "opacus"},
