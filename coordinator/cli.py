@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from coordinator.config import load_config
+from coordinator.persistence import StateStore
 from proto.settings import SettingsError
 from security.errors import SecurityError
 
@@ -37,6 +38,11 @@ def serve(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     base = args.config.resolve().parent
+    done = StateStore(base / cfg.state_dir).load().completed_rounds
+    if done >= cfg.federation.rounds:  # a restart after the last round: nothing left to serve
+        print(f"pfmh-coordinator: federation {cfg.federation.federation_id} is finished ({done} of "
+              f"{cfg.federation.rounds} rounds completed, state in {base / cfg.state_dir}); not serving", flush=True)
+        return 0
     registry = CollectorRegistry()
     if cfg.metrics_listen:
         host, _, metrics_port = cfg.metrics_listen.rpartition(":")
@@ -51,10 +57,13 @@ def serve(args: argparse.Namespace) -> int:
             tmp = args.port_file.with_suffix(".tmp")
             tmp.write_text(str(port))
             tmp.replace(args.port_file)
-        while not stop.wait(0.5):
+        while not stop.wait(0.5) and not engine.failure:
             pass
+        if engine.failure:
+            print(f"pfmh-coordinator: error: {engine.failure}; health is NOT_SERVING, stopping", file=sys.stderr,
+                  flush=True)
         print(f"pfmh-coordinator: draining ({engine.state.completed_rounds} rounds completed)", flush=True)
-    return 0
+    return 1 if engine.failure else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, SecurityError, OSError) as exc:
         print(f"pfmh-coordinator: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before serve installed its own handler
+        print("pfmh-coordinator: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

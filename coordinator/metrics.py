@@ -36,6 +36,9 @@ class CoordinatorMetrics:
                                   "by site and offence", ["site", "offence"], registry=registry)
         self.refused = Counter("pfmh_refused_messages_total", "Messages refused at the door after a signature or "
                                "replay check, by site and kind", ["site", "kind"], registry=registry)
+        self.round_failures = Counter("pfmh_round_failures_total", "Rounds ended by an unexpected exception in the "
+                                      "coordinator (each aborted, nothing revealed), by exception type",
+                                      ["exception"], registry=registry)
         self.rejected = Counter("pfmh_rejected_messages_total", "Messages rejected by validation, by kind",
                                 ["kind"], registry=registry)
         self.round_seconds = Histogram("pfmh_round_duration_seconds", "Wall time of completed rounds",

@@ -10,6 +10,12 @@ state sits behind one ``threading.Condition``. A phase closes when every expecte
 submitted or its deadline passes; sites that sent nothing count as dropped. Below the
 threshold the round aborts (``RoundAborted``), nothing is revealed, and the next round starts.
 
+Any other exception inside a round (a bug, a bad setting, a full disk) aborts it the same way:
+nothing is revealed, sites polling it are told ABORTED, the cause is logged with its traceback and
+counted in ``pfmh_round_failures_total``, and the next round runs. After ``max_failed_rounds``
+such failures in a row (a failure that repeats every round) the driver gives up: ``failure`` says
+why, ``on_fatal`` is called (the server turns health NOT_SERVING) and the daemon exits non-zero.
+
 All arithmetic and crypto live elsewhere: ``security.secagg_server`` unmasks the sum;
 ``pfmh_model.aggregation`` turns it into global prototypes and the FedAvg model.
 """
@@ -49,6 +55,8 @@ from security.signing import VerifyKey
 logger = logging.getLogger(__name__)
 # Set to "1" only in test and soak runs: completed rounds' decoded sums go to <state_dir>/aggregates/.
 RECORD_AGGREGATES_ENV = "PFMH_TEST_RECORD_AGGREGATES"
+# Rounds in a row that may end in an unexpected exception before the driver gives up.
+MAX_FAILED_ROUNDS = 3
 
 
 class RoundEngine:
@@ -64,12 +72,16 @@ class RoundEngine:
         gather_s: once ``min_sites`` are live, wait at most this long for the other enrolled sites.
         exclude_rounds: rounds a misbehaving site is left out of (0: never exclude).
         max_invalid_messages: rejected messages in one round after which a site is excluded.
+        max_failed_rounds: rounds in a row ending in an unexpected exception after which the driver stops
+            and ``failure`` is set (each such round is aborted and nothing of it is revealed).
+        on_fatal: called once with ``failure`` when the driver gives up (health turns NOT_SERVING).
         clock: monotonic clock (injectable for tests).
     """
 
     def __init__(self, settings: FederationSettings, *, sites: tuple[str, ...], layout: UploadLayout,
                  store: StateStore, metrics: CoordinatorMetrics, liveness_s: float = 30.0, gather_s: float = 3.0,
                  exclude_rounds: int = 3, max_invalid_messages: int = 3,
+                 max_failed_rounds: int = MAX_FAILED_ROUNDS, on_fatal: Callable[[str], None] = lambda why: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.sites = sites
@@ -92,6 +104,11 @@ class RoundEngine:
             for site, info in entry.get("excluded", {}).items():
                 self.excluded[site] = max(self.excluded.get(site, 0), int(info["until_round"]))
         self.stopping = False
+        self.max_failed_rounds = max(max_failed_rounds, 1)
+        self.failed_in_a_row = 0
+        self.failure = ""  # why the driver gave up; '' while it runs
+        self.last_failure = ""  # the last round failure's exception, for the give-up line
+        self.on_fatal = on_fatal
         metrics.completed_rounds.set(self.state.completed_rounds)
         metrics.current_round.set(self.state.last_round_started)
         if self.state.completed_rounds:
@@ -320,14 +337,31 @@ class RoundEngine:
             self.cond.notify_all()
 
     def run_forever(self) -> None:
-        """Drive rounds until finished or ``stop()``; meant for a dedicated thread."""
-        while True:
-            with self.cond:
-                if self.stopping or self.finished:
-                    return
-            cohort = self._gather()
-            if cohort:
-                self._run_round(cohort)
+        """Drive rounds until finished, ``stop()``, or ``max_failed_rounds`` failures in a row; meant for a
+        dedicated thread. It never dies silently: an exception outside a round also sets ``failure``."""
+        try:
+            while True:
+                with self.cond:
+                    if self.stopping or self.finished:
+                        return
+                cohort = self._gather()
+                if cohort and not self._run_round(cohort):
+                    self.failed_in_a_row += 1
+                    if self.failed_in_a_row >= self.max_failed_rounds:
+                        self._give_up(f"{self.failed_in_a_row} rounds in a row failed with an internal error "
+                                      f"(last: {self.last_failure})")
+                        return
+        except Exception as exc:  # noqa: BLE001 - the driver must report, never vanish
+            logger.exception("the round driver failed outside a round")
+            self._give_up(f"the round driver failed: {type(exc).__name__}: {exc}")
+
+    def _give_up(self, why: str) -> None:
+        with self.cond:
+            self.failure = why
+            self.stopping = True  # long-polls return at once; sites see no new round
+            self.cond.notify_all()
+        logger.error("coordinator gives up: %s", why)
+        self.on_fatal(why)
 
     def _gather(self) -> tuple[str, ...] | None:
         """Wait for ``min_sites`` live sites, then up to ``gather_s`` more for the rest of the enrolled ones."""
@@ -397,47 +431,83 @@ class RoundEngine:
         logger.info("round %d started with cohort %s", number, ", ".join(cohort))
         return run
 
-    def _run_round(self, cohort: tuple[str, ...]) -> None:
+    def _run_round(self, cohort: tuple[str, ...]) -> bool:
+        """One round; False if it ended in an unexpected exception (aborted, logged and counted)."""
         try:
             run = self._start(cohort)
         except SecurityError as exc:  # e.g. an unsafe threshold for this cohort size
             logger.error("cannot start a round with %d sites: %s", len(cohort), exc)
             with self.cond:
                 self.cond.wait(self.gather_s)
-            return
-        s = self.settings
+            return True
+        except Exception as exc:  # noqa: BLE001 - see _fail
+            self._fail(None, exc)
+            return False
         try:
-            self._wait_phase(run, set(cohort), s.train_timeout_s)
-            with self.cond:
-                run.directory = run.server.close_advertisements()
-                # O(k) advertisements per site instead of O(n) (SecAgg+); the full list for a full graph
-                run.directories = {a.site_id: run.server.directory_for(a.site_id)
-                                   for a in run.directory.advertisements}
-                self._advance(run, RoundPhase.SHARE_KEYS, set(cohort))
-            advertised = {a.site_id for a in run.directory.advertisements}
-            self._wait_phase(run, advertised, s.phase_timeout_s)
-            with self.cond:
-                run.inbox = run.server.close_shares()
-                self._advance(run, RoundPhase.MASKED_INPUT, advertised)
-            shared = set(run.inbox)
-            self._wait_phase(run, shared, s.phase_timeout_s)
-            with self.cond:
-                run.unmask_request = run.server.close_masked_inputs()
-                self._advance(run, RoundPhase.CONSISTENCY if s.secagg.consistency_check else RoundPhase.UNMASK,
-                              shared)
-            survivors = set(run.unmask_request.survivors)
-            if s.secagg.consistency_check:
-                self._wait_phase(run, survivors, s.phase_timeout_s)
-                with self.cond:
-                    run.signatures = run.server.close_consistency()
-                    self._advance(run, RoundPhase.UNMASK, survivors)
-                survivors = set(run.signatures)
-            self._wait_phase(run, survivors, s.phase_timeout_s)
-            with self.cond:
-                aggregate = run.server.finish()
-                self._complete(run, aggregate.total, aggregate.survivors, survivors)
+            self._drive(run, cohort)
         except RoundAborted as exc:
             self._abort(run, exc.reason)
+        except Exception as exc:  # noqa: BLE001 - see _fail
+            self._fail(run, exc)
+            return False
+        self.failed_in_a_row = 0
+        return True
+
+    def _fail(self, run: RoundRun | None, exc: Exception) -> None:
+        """An unexpected exception ended the round: abort it (nothing revealed), log the cause, count it."""
+        cause = f"{type(exc).__name__}: {exc}"[:300]
+        repeated, self.last_failure = cause == self.last_failure, cause
+        number = run.number if run is not None else self.state.last_round_started
+        logger.error("round %d failed with an internal error, aborting it (nothing revealed): %s", number,
+                     cause, exc_info=None if repeated else exc)  # the traceback once per cause
+        self.metrics.round_failures.labels(type(exc).__name__[:60]).inc()
+        if run is None:  # it failed while starting: the number is taken (write-ahead), log it as aborted
+            with self.cond:
+                self.state.history.append({"round": number, "outcome": "aborted",
+                                           "reason": f"internal error: {self.last_failure}",
+                                           "cohort": list((self.state.open_round or {}).get("cohort", [])),
+                                           "inputs_received": [], "dp": self._dp_expected()})
+                self.state.open_round = None
+                self.store.save_round_outcome(self.state, completed=False)
+                self.metrics.rounds_aborted.labels(_reason_label("internal error")).inc()
+            logger.warning("round %d aborted: internal error (nothing revealed)", number)
+            return
+        if run.phase is RoundPhase.DONE:  # the round had completed and been committed: nothing to abort
+            return
+        self._abort(run, f"internal error: {self.last_failure}")
+
+    def _drive(self, run: RoundRun, cohort: tuple[str, ...]) -> None:
+        """Walk ``run`` through its phases; raises RoundAborted (or anything unexpected) to end it early."""
+        s = self.settings
+        self._wait_phase(run, set(cohort), s.train_timeout_s)
+        with self.cond:
+            run.directory = run.server.close_advertisements()
+            # O(k) advertisements per site instead of O(n) (SecAgg+); the full list for a full graph
+            run.directories = {a.site_id: run.server.directory_for(a.site_id)
+                               for a in run.directory.advertisements}
+            self._advance(run, RoundPhase.SHARE_KEYS, set(cohort))
+        advertised = {a.site_id for a in run.directory.advertisements}
+        self._wait_phase(run, advertised, s.phase_timeout_s)
+        with self.cond:
+            run.inbox = run.server.close_shares()
+            self._advance(run, RoundPhase.MASKED_INPUT, advertised)
+        shared = set(run.inbox)
+        self._wait_phase(run, shared, s.phase_timeout_s)
+        with self.cond:
+            run.unmask_request = run.server.close_masked_inputs()
+            self._advance(run, RoundPhase.CONSISTENCY if s.secagg.consistency_check else RoundPhase.UNMASK,
+                          shared)
+        survivors = set(run.unmask_request.survivors)
+        if s.secagg.consistency_check:
+            self._wait_phase(run, survivors, s.phase_timeout_s)
+            with self.cond:
+                run.signatures = run.server.close_consistency()
+                self._advance(run, RoundPhase.UNMASK, survivors)
+            survivors = set(run.signatures)
+        self._wait_phase(run, survivors, s.phase_timeout_s)
+        with self.cond:
+            aggregate = run.server.finish()
+            self._complete(run, aggregate.total, aggregate.survivors, survivors)
 
     def _complete(self, run: RoundRun, total, survivors: tuple[str, ...], expected: set[str]) -> None:
         summed = SiteUpload.from_vector(total, self.layout)
@@ -449,6 +519,8 @@ class RoundEngine:
             raise RoundAborted(f"the unmasked sum is not a valid aggregate: {exc}") from exc
         if os.environ.get(RECORD_AGGREGATES_ENV) == "1":
             self._record_aggregate(run.number, total)
+        before = (self.state.completed_rounds, self.state.prototypes, self.state.shared_model,
+                  len(self.state.history), self.state.open_round)
         self.state.completed_rounds += 1
         self.state.prototypes, self.state.shared_model = new.prototypes, new.shared_model
         seconds = self.clock() - run.started
@@ -457,7 +529,13 @@ class RoundEngine:
                                    "inputs": list(survivors), "dp": self._dp_expected(),  # the round log
                                    **self._misbehaviour(run)})
         self.state.open_round = None
-        self.store.save_round_outcome(self.state, completed=True)  # before anyone can see the result
+        try:
+            self.store.save_round_outcome(self.state, completed=True)  # before anyone can see the result
+        except BaseException:  # not committed: the round is aborted, so the state must not say it completed
+            (self.state.completed_rounds, self.state.prototypes, self.state.shared_model, kept,
+             self.state.open_round) = before
+            del self.state.history[kept:]
+            raise
         run.result = GlobalState(self.state.completed_rounds, new.prototypes, new.shared_model)
         run.survivors = survivors
         self._advance(run, RoundPhase.DONE, expected)
@@ -520,6 +598,8 @@ def _offence_label(reason: str) -> str:
 
 def _reason_label(reason: str) -> str:
     """A bounded metric label for an abort reason."""
+    if reason.startswith("internal error"):
+        return "internal_error"
     for key in ("threshold", "shutting down", "reconstruct", "match"):
         if key in reason:
             return key.replace(" ", "_")

@@ -2,6 +2,9 @@
 
 Yields ``(server, port, engine)``; on exit it drains: health turns NOT_SERVING, the round in
 flight is aborted (nothing revealed, sites are told), in-flight RPCs get ``grace_s`` to finish.
+Before serving it takes the state folder's lock and refuses a busy port (``coordinator.startup``).
+If the round driver gives up (``RoundEngine.failure``), health turns NOT_SERVING at once and
+``engine.failure`` tells the caller to exit non-zero.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.persistence import StateStore
 from coordinator.rounds import RoundEngine
 from coordinator.servicer import FederationServicer
+from coordinator.startup import require_free, state_dir_lock
 from pfmh_model.aggregation import UploadLayout
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import FederationSettings
@@ -74,13 +78,29 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
         listen: override of ``cfg.server.listen`` (e.g. ``127.0.0.1:0`` in tests).
     """
     base = Path(base_dir)
-    registry = registry or CollectorRegistry()
-    metrics = CoordinatorMetrics(registry, sites=cfg.sites)
+    address = listen or cfg.server.listen
+    require_free(address)
     state_dir = base / cfg.state_dir
+    with state_dir_lock(state_dir):
+        with _serve(cfg, base, registry or CollectorRegistry(), address, state_dir) as served:
+            yield served
+
+
+def _not_serving(health_servicer: health.HealthServicer) -> None:
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+@contextlib.contextmanager
+def _serve(cfg: CoordinatorConfig, base: Path, registry: CollectorRegistry, address: str,
+           state_dir: Path) -> Iterator[tuple[grpc.Server, int, RoundEngine]]:
+    metrics = CoordinatorMetrics(registry, sites=cfg.sites)
+    health_servicer = health.HealthServicer()
     engine = RoundEngine(cfg.federation, sites=cfg.sites, layout=upload_layout(cfg.federation),
                          store=StateStore(state_dir), metrics=metrics, liveness_s=cfg.server.liveness_s,
                          gather_s=cfg.server.gather_s, exclude_rounds=cfg.server.exclude_rounds,
-                         max_invalid_messages=cfg.server.max_invalid_messages)
+                         max_invalid_messages=cfg.server.max_invalid_messages,
+                         on_fatal=lambda why: _not_serving(health_servicer))
     ledgers = LedgerStore(state_dir)
     auth = AuthInterceptor(ca_cert=load_certificate(base / cfg.tls.ca_cert),
                            crl_path=(base / cfg.tls.crl) if cfg.tls.crl else None, enrolled=cfg.sites,
@@ -89,7 +109,8 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-               ("grpc.keepalive_permit_without_calls", 1)]
+               ("grpc.keepalive_permit_without_calls", 1),
+               ("grpc.so_reuseport", 0)]  # a second server on this port must fail to bind, not serve beside us
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.server.max_workers,
                                                     thread_name_prefix="pfmh-rpc"),
                          interceptors=[auth, MetricsInterceptor(metrics),
@@ -98,22 +119,23 @@ def run_server(cfg: CoordinatorConfig, *, base_dir: Path | str = ".", registry: 
     servicer = FederationServicer(engine, metrics, long_poll_s=cfg.server.long_poll_s, on_ledger=ledgers.receive,
                                   ledger_head=ledgers.head)
     pb_grpc.add_FederationServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_secure_port(listen or cfg.server.listen, _credentials(cfg, base))
+    try:
+        port = server.add_secure_port(address, _credentials(cfg, base))
+    except RuntimeError as exc:  # gRPC's "Failed to bind to address ..."
+        raise OSError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
-        raise OSError(f"cannot listen on {listen or cfg.server.listen}")
+        raise OSError(f"cannot listen on {address}")
     server.start()
+    for name in ("", SERVICE_NAME):  # before the driver starts: a driver that gives up must win
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     driver = threading.Thread(target=engine.run_forever, name="pfmh-rounds", daemon=True)
     driver.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("coordinator of federation %s listening on port %d", cfg.federation.federation_id, port)
     try:
         yield server, port, engine
     finally:
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        _not_serving(health_servicer)
         engine.stop()
         driver.join(timeout=cfg.server.grace_s + 5)
         server.stop(cfg.server.grace_s).wait()

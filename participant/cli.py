@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from participant.archive import ArchiveError
-from participant.client import CoordinatorError, CoordinatorUnreachable
+from participant.client import CoordinatorError, CoordinatorUnreachable, Stopped
 from participant.config import load_config
 from participant.search_errors import ModelNotReady, SearchRefused
 from participant.site import SiteMismatch
@@ -64,8 +64,14 @@ def join(args: argparse.Namespace) -> int:
     if args.site != cfg.site:
         raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
     stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(number: int, _frame) -> None:  # noqa: ANN001
+        received.append(signal.Signals(number).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
 
     def show(report) -> None:  # noqa: ANN001
         status = "ok" if report.completed else "skipped"
@@ -81,7 +87,13 @@ def join(args: argparse.Namespace) -> int:
         host, _, port = cfg.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
     daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
-    return daemon.run()
+    try:
+        code = daemon.run()
+    except Stopped:  # before it had joined: nothing to leave
+        code = 0
+    if received:
+        print(f"{cfg.site}: stopped ({received[0]})", flush=True)
+    return code
 
 
 def enroll(args: argparse.Namespace) -> int:
@@ -132,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             CoordinatorUnreachable, ArchiveError, SearchRefused, ModelNotReady) as exc:
         print(f"pfmh-participant: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handler
+        print("pfmh-participant: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from federation.peers import PeerVerifier
 from federation.site_round import SiteRound
-from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
+from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned, Stopped
 from participant.config import SiteConfig
 from participant.ledger_sync import LedgerReporter, require_coordinator_head
 from participant.local_release import LocalRelease, load_frozen_encoder
@@ -98,7 +98,7 @@ class SiteDaemon:
         self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
-        self.client = CoordinatorClient(cfg, base, on_bytes=self._count)
+        self.client = CoordinatorClient(cfg, base, on_bytes=self._count, stop=self.stop)
         self.data: MultiModalDataset = load_h5(base / cfg.data)
         self.ca_cert = load_certificate(base / cfg.tls.ca_cert)
         self.crl = load_crl(base / cfg.tls.crl, ca_cert=self.ca_cert) if cfg.tls.crl else None
@@ -198,9 +198,12 @@ class SiteDaemon:
         self._setup(self.join())
         reason = "stopped by its operator"
         while not self.stop.is_set():
-            config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
-                federation_id=self.settings.federation_id, after_round=self.after_round),
-                timeout_s=self.cfg.rpc_timeout_s + 15)
+            try:
+                config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
+                    federation_id=self.settings.federation_id, after_round=self.after_round),
+                    timeout_s=self.cfg.rpc_timeout_s + 15)
+            except Stopped:
+                break
             if config.status == pb.FINISHED:
                 logger.info("%s: the federation has finished", self.cfg.site)
                 reason = "federation finished"
@@ -214,6 +217,9 @@ class SiteDaemon:
                     if not round_moved_on(exc):
                         raise
                     raise RoundAbandoned(f"the coordinator moved on without this site ({exc})") from exc
+            except Stopped:  # mid-round: this site takes no further part in the round
+                self.secagg.abort()
+                break
             except BudgetExceeded as exc:
                 logger.error("%s stops uploading: %s", self.cfg.site, exc)
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0,
@@ -237,7 +243,7 @@ class SiteDaemon:
     def _leave(self, reason: str) -> None:
         try:
             self.client.call("Leave", pb.LeaveRequest(federation_id=self.settings.federation_id, reason=reason),
-                             timeout_s=5)
+                             timeout_s=5, retry=False)
         except Exception as exc:  # noqa: BLE001 - best effort: the coordinator may already be gone
             logger.info("could not tell the coordinator we leave: %s", exc)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from coordinator.config import CoordinatorConfig, ServerSettings, TlsSettings
 from coordinator.server import run_server
+from federation import codec
 from federation.peers import PeerVerifier
 from federation.site_round import RoundAbandoned, SiteRound
 from proto import federation_pb2 as pb
@@ -28,7 +29,7 @@ from security.pki_verify import load_certificate
 from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
 from security.secagg_config import SecAggConfig
-from security.secagg_messages import AdvertiseKeys, UnmaskRequest, UnmaskResponse
+from security.secagg_messages import AdvertiseKeys
 from security.signing import SigningKey, VerifyKey
 
 FED = "testfed"
@@ -108,7 +109,7 @@ class _StubTransport:
 
 class ScriptedSite:
     """A participant driven phase by phase (``federation.site_round.SiteRound``) with the real SecAggClient
-    over a real mTLS channel; a phase that finds the round aborted aborts the client and returns None."""
+    over a real mTLS channel; a phase that finds the round ended aborts the client and returns that reply."""
 
     def __init__(self, name: str, port: int, pki: Pki, settings: FederationSettings, vector_length: int) -> None:
         self.name = name
@@ -130,6 +131,7 @@ class ScriptedSite:
         self.round = 0
         self.settings = settings
         self.current: SiteRound | None = None
+        self.told: pb.UnmaskRequest | None = None
 
     def close(self) -> None:
         self.channel.close()
@@ -163,7 +165,7 @@ class ScriptedSite:
         return self.current
 
     def advertise(self, config: pb.RoundConfig) -> AdvertiseKeys:
-        self.round = config.round
+        self.round, self.told = config.round, None
         self.current = SiteRound(secagg=self.secagg, transport=self.transport, peers=self.peers, config=config,
                                  federation_id=FED, consistency_check=self.settings.secagg.consistency_check)
         return self.current.advertise()
@@ -174,24 +176,30 @@ class ScriptedSite:
     def masked_input(self, vector: np.ndarray) -> bytes:
         return self._phase().masked_input(vector).data
 
-    def sign_survivors(self) -> UnmaskRequest | None:
-        """Phase 5a: the survivor set this site is told, signed (None, client aborted, if the round ended)."""
-        try:
-            return self._phase().sign_survivors()
-        except RoundAbandoned:
-            self.secagg.abort()
-            return None
-
-    def unmask(self) -> UnmaskResponse | None:
-        """Phase 5: reveal the shares (call sign_survivors first); None, client aborted, if the round ended."""
+    def sign_survivors(self) -> pb.UnmaskRequest:
+        """Phase 5a: the survivor set this site is told, signed; a reply that is not READY aborts the client."""
         current = self._phase()
-        if current.told is None:
-            return None
         try:
-            return current.unmask()
-        except RoundAbandoned:
+            told = current.sign_survivors()
+        except RoundAbandoned as exc:
             self.secagg.abort()
-            return None
+            self.told = exc.reply if exc.reply is not None else pb.UnmaskRequest(status=pb.ABORTED)
+        else:
+            self.told = codec.unmask_request_to_proto(told, round_number=told.round, status=pb.READY)
+        return self.told
+
+    def unmask(self) -> pb.UnmaskRequest | pb.SurvivorSignatures:
+        """Phase 5: reveal the shares (call sign_survivors first); returns the unmask request it answered, or
+        the reply that ended the round (the client aborted)."""
+        current = self._phase()
+        if self.told is None or self.told.status != pb.READY:
+            return self.told or pb.UnmaskRequest(status=pb.ABORTED)
+        try:
+            current.unmask()
+        except RoundAbandoned as exc:
+            self.secagg.abort()
+            return exc.reply if exc.reply is not None else pb.SurvivorSignatures(status=pb.ABORTED)
+        return self.told
 
     def result(self) -> pb.RoundResult:
         return self._phase().result()
