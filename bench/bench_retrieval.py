@@ -186,11 +186,11 @@ def bench_archive(archive: np.ndarray, queries: np.ndarray, bits: int, args: arg
 # ---------------------------------------------------------------------------------------------- server
 def bench_server(n: int, trainer, data, args: argparse.Namespace) -> str:  # noqa: ANN001
     """p50/p99 of one query through serve-search over a tiled real archive of n records."""
+    from federation.plan import FederationSettings, PrivacySettings
     from participant.archive import Archive
     from participant.search_client import Query, SearchClient
     from participant.site_model import model_version
     from pfmh_model.record_file import RecordBatch
-    from proto.settings import FederationSettings, PrivacySettings
     from security.pki import Role, create_ca
     from security.pki_issue import issue_certificate
 

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     join = sub.add_parser("join", help="take part in the federation until it finishes")
     join.add_argument("--site", required=True, help="this site's id (must match the config and certificate)")
     join.add_argument("--config", required=True, type=Path, help="site.toml")
-    join.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    join.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                      help="log level (default: %(default)s)")
     enroll = sub.add_parser("enroll", help="make this site's TLS and signing keys here, and a request for the CA")
     enroll.add_argument("--site", required=True, help="this site's id, [a-z0-9-]{1,63}")
     enroll.add_argument("--federation", required=True, help="the federation id (as in the CA)")
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HDF5 record file of new records (I and/or T, optional ids; docs/RETRIEVAL.md)")
     search.add_argument("--query", type=int, nargs="*", default=None,
                         help="instead: row numbers of the site's own query split (none given: all, reporting mAP)")
-    search.add_argument("-k", type=int, default=10, help="results per query")
+    search.add_argument("-k", type=int, default=10, help="results per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="one JSON document on stdout")
     from participant.archive_cli import add_archive_commands
 

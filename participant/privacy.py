@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proto.settings import PrivacySettings
+from federation.plan import PrivacySettings
 from security.accountant import OpacusAccountant
 from security.dp_budget import BudgetGuard
 from security.dp_cohort import sum_noise_multiplier
@@ -117,10 +117,10 @@ class SitePrivacy:
                                        steps=r.steps, round_number=round_number)
             cohort = r.mechanism == PROTOTYPE_MECHANISM and self.mode is NoiseMode.DISTRIBUTED
             self.ledger.append(DpRelease(
-                round=round_number, mechanism=r.mechanism, mode=self.policy.mode,
+                round=round_number, mechanism=r.mechanism, mode=str(self.policy.mode),
                 noise_multiplier=r.noise_multiplier, sensitivity=r.sensitivity, sample_rate=r.sample_rate,
                 steps=r.steps, delta=self.policy.delta, epsilon=epsilon, epsilon_max=self.guard.budget.epsilon_max,
-                accountant=self.policy.accountant, covered=COVERED[r.mechanism],
+                accountant=str(self.policy.accountant), covered=COVERED[r.mechanism],
                 not_covered=what_without_dp or "nothing else leaves the site in this round",
                 encoder_chain=self.encoder_chain, noise_cohort=noise_cohort if cohort else None,
                 colluding_sites=self.policy.colluding_sites if cohort else None).to_record())

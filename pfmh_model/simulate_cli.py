@@ -33,32 +33,40 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", type=Path, help="HDF5 file in the community layout (I_tr T_tr L_tr I_db ...)")
     src.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                     help="built-in synthetic dataset (used when --data is not given)")
-    p.add_argument("--methods", default="pfmh", help="comma list of: " + ", ".join(m.value for m in Method))
-    p.add_argument("--sites", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration of the non-IID split")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--personal-epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--shared-epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
+                     help="built-in synthetic dataset, used when --data is not given (default: %(default)s)")
+    p.add_argument("--methods", default="pfmh",
+                   help="comma list of: " + ", ".join(m.value for m in Method) + " (default: %(default)s)")
+    p.add_argument("--sites", type=int, default=10, help="number of sites (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.1,
+                   help="Dirichlet concentration of the non-IID split (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default: %(default)s)")
+    p.add_argument("--bits", type=int, default=64, help="code length (default: %(default)s)")
+    train = TrainConfig()  # the defaults below are TrainConfig's own
+    p.add_argument("--personal-epochs", type=int, default=train.personal_epochs,
+                   help="local epochs of the personal model (default: %(default)s)")
+    p.add_argument("--shared-epochs", type=int, default=train.shared_epochs,
+                   help="local epochs of the shared model (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=train.batch_size,
+                   help="training batch size (default: %(default)s)")
     p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
                    help="what sites share besides prototype statistics (default: %(default)s, as the daemons)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split and the initial weights (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch intra-op threads (0: one per core, which thrashes when anything else runs; "
-                        "see pfmh_model/threads.py)")
+                        "see pfmh_model/threads.py; default: %(default)s)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N: where the sites train "
-                   "(codes and statistics come back as numpy either way)")
+                   "(codes and statistics come back as numpy either way; default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes the sites are spread over, one torch thread each (0: one per core, at most "
                         "one per site). More than 1 pays only on idle cores: on a busy machine the extra "
-                        "process costs CPU (docs/BENCHMARKS.md)")
+                        "process costs CPU (docs/BENCHMARKS.md; default: %(default)s)")
     p.add_argument("--one-site-at-a-time", action="store_true",
                    help="train the sites one after another instead of as one batched computation")
-    p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")
+    p.add_argument("--out", type=Path, default=Path("runs/simulate"),
+                   help="directory for result.json and result.png (default: %(default)s)")
     p.add_argument("--show-partition", action="store_true", help="print per-site class histograms of the split")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
     return p

@@ -51,6 +51,6 @@ def test_the_daemons_load_what_it_writes(tmp_path: Path) -> None:
     # Assert
     assert coordinator.sites == ("site-a", "site-b") and coordinator.federation.secagg.fraction_bits == 16
     assert (coordinator.server.listen, coordinator.metrics_listen) == ("127.0.0.1:0", "127.0.0.1:9100")
-    assert coordinator.tls.crl == "pki/ca/crl.pem" and coordinator.federation.train["bits"] == 8
+    assert coordinator.tls.crl == "pki/ca/crl.pem" and coordinator.federation.train.bits == 8
     assert (site.tls.signing_key, site.state_dir, site.threads) == ("pki/site-a/signing.key", "state/site-a", 2)
     assert site.privacy.epsilon_max == 4.0 and site.tls.crl == "pki/ca/crl.pem"
