@@ -21,6 +21,7 @@ from pathlib import Path
 from pfmh_model.methods import DEFAULT_SHARE_MODE, ShareMode
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
+STOP_GRACE_S = 10.0  # after SIGTERM, how long a child may take to stop before it is killed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,62 +116,131 @@ def enrol(ca, directory: Path, name: str) -> None:  # noqa: ANN001 - a security.
                         ca_cert_pem=ca.cert.public_bytes(Encoding.PEM), allowed_roles=(role,))
 
 
-def _pump(proc: subprocess.Popen, prefix: str) -> None:
-    assert proc.stdout is not None  # noqa: S101 - Popen was created with stdout=PIPE
-    for line in proc.stdout:
-        print(f"[{prefix}] {line.rstrip()}", flush=True)
+class _Children:
+    """The demo's processes, each in its own process group (a terminal's Ctrl-C reaches only the demo,
+    which then stops them in order); their output is shown with a prefix and kept in ``logs/<name>.log``."""
 
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env = logs, env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pumps: list[threading.Thread] = []
+        self.quiet = threading.Event()  # set while stopping: lines go to the log files only
+        logs.mkdir(parents=True, exist_ok=True)
 
-def _start(cmd: list[str], prefix: str, env: dict[str, str]) -> tuple[subprocess.Popen, threading.Thread]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    pump = threading.Thread(target=_pump, args=(proc, prefix), daemon=True)
-    pump.start()
-    return proc, pump
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+                                process_group=0)
+        self.procs[name] = proc
+        pump = threading.Thread(target=self._pump, args=(proc, name), daemon=True)
+        pump.start()
+        self.pumps.append(pump)
+        return proc
 
+    def _pump(self, proc: subprocess.Popen, name: str) -> None:
+        assert proc.stdout is not None  # noqa: S101 - Popen was created with stdout=PIPE
+        with open(self.logs / f"{name}.log", "a", encoding="utf-8") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if not self.quiet.is_set():
+                    print(f"[{name}] {line.rstrip()}", flush=True)
 
-def _stop(proc: subprocess.Popen, grace_s: float = 15) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    def exited(self) -> dict[str, int]:
+        return {name: code for name, proc in self.procs.items() if (code := proc.poll()) is not None}
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> list[str]:
+        """SIGTERM to every child at once, SIGKILL to any still running after ``grace_s``; returns those killed."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline, killed = time.monotonic() + grace_s, []
         try:
-            return proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
+            for name, proc in self.procs.items():
+                try:
+                    proc.wait(max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    killed.append(name)
+        finally:  # a second Ctrl-C while waiting: kill the rest, never leave one behind
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        for pump in self.pumps:
+            pump.join(1.0)
+        return killed
 
 
 def run(args: argparse.Namespace) -> int:
-    coordinator_toml, sites = prepare(args)
-    work = args.workdir
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    port_file = work / "coordinator.port"
-    coordinator, _ = _start([sys.executable, "-m", "coordinator.cli", "serve", "--config", str(coordinator_toml),
-                             "--port-file", str(port_file), "--log-level", "WARNING"], "coordinator", env)
-    procs: list[subprocess.Popen] = []
-    started = time.monotonic()
+    """Prepare, start the coordinator and the sites, and wait until every site is done.
+
+    It stops everything (SIGTERM, then SIGKILL after ``STOP_GRACE_S``) and says why in one line when a
+    site or the coordinator exits with an error, at ``--timeout-s``, or on Ctrl-C/SIGTERM (exit 130).
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or `kill <demo>`, even if started with SIGINT ignored
+        signal.signal(sig, signal.default_int_handler)
+    children: _Children | None = None
     try:
-        while not port_file.is_file():
-            if coordinator.poll() is not None or time.monotonic() - started > 120:
-                print("pfmh-demo: error: the coordinator did not start", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        port = port_file.read_text().strip()
-        for site in sites:
-            toml = work / f"site-{site}.toml"
-            toml.write_text(toml.read_text().replace("127.0.0.1:PORT", f"127.0.0.1:{port}"))
-            proc, _ = _start([sys.executable, "-m", "participant.cli", "join", "--site", site, "--config", str(toml),
-                              "--log-level", "WARNING"], site, env)
-            procs.append(proc)
-        for proc in procs:
-            remaining = args.timeout_s - (time.monotonic() - started)
-            proc.wait(max(remaining, 1))
-    except subprocess.TimeoutExpired:
-        print(f"pfmh-demo: error: not finished after {args.timeout_s:.0f}s; stopping", file=sys.stderr)
-        return 1
-    finally:
-        codes = [_stop(p) for p in procs]
-        _stop(coordinator)
+        coordinator_toml, sites = prepare(args)
+        work = args.workdir
+        children = _Children(work / "logs", dict(os.environ, PYTHONUNBUFFERED="1"))
+        code = _federate(args, children, coordinator_toml, sites)
+    except KeyboardInterrupt:
+        stopping = time.monotonic()
+        if children is None:
+            print("\npfmh-demo: interrupted while preparing; nothing was running", flush=True)
+            return 130
+        children.quiet.set()
+        killed = children.stop()
+        how = f"; killed {', '.join(killed)} after {STOP_GRACE_S:.0f}s" if killed else ""
+        print(f"\npfmh-demo: interrupted; stopped the coordinator and {len(children.procs) - 1} sites in "
+              f"{time.monotonic() - stopping:.1f}s{how} (their logs: {children.logs})", flush=True)
+        return 130
+    if code != 0:
+        return code
+    return _summary(work, sites)
+
+
+def _federate(args: argparse.Namespace, children: _Children, coordinator_toml: Path, sites: list[str]) -> int:
+    """Run the federation; 0 once every site has finished, else 1 after saying why (everything stopped)."""
+    work, started = args.workdir, time.monotonic()
+    port_file = work / "coordinator.port"
+    coordinator = children.start("coordinator", [
+        sys.executable, "-m", "coordinator.cli", "serve", "--config", str(coordinator_toml),
+        "--port-file", str(port_file), "--log-level", "WARNING"])
+    while not port_file.is_file():
+        if coordinator.poll() is not None or time.monotonic() - started > 120:
+            children.stop()
+            print("pfmh-demo: error: the coordinator did not start", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    port = port_file.read_text().strip()
+    for site in sites:
+        toml = work / f"site-{site}.toml"
+        toml.write_text(toml.read_text().replace("127.0.0.1:PORT", f"127.0.0.1:{port}"))
+        children.start(site, [sys.executable, "-m", "participant.cli", "join", "--site", site, "--config",
+                              str(toml), "--log-level", "WARNING"])
+    while True:
+        exited = children.exited()
+        failed = {name: code for name, code in exited.items() if code != 0 and name != "coordinator"}
+        why = ""
+        if failed:
+            why = ", ".join(f"{name} exited with code {code}" for name, code in failed.items())
+        elif "coordinator" in exited and not all(site in exited for site in sites):
+            why = f"the coordinator exited with code {exited['coordinator']}"
+        elif time.monotonic() - started > args.timeout_s:
+            why = f"not finished after {args.timeout_s:.0f}s"
+        elif all(site in exited for site in sites):
+            break
+        if why:
+            children.stop()
+            print(f"pfmh-demo: error: {why}; stopped the federation (logs: {children.logs})", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    children.stop()
+    codes = [children.procs[site].returncode for site in sites]
     print(f"\npfmh-demo: {len(sites)} sites finished with exit codes {codes} in {time.monotonic() - started:.0f}s")
-    return _summary(work, sites) if all(c == 0 for c in codes) else 1
+    return 0
 
 
 def _summary(work: Path, sites: list[str]) -> int:

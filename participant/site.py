@@ -40,7 +40,7 @@ from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
 from proto.tensors import from_tensor
 from security.dp_cohort import noise_cohort
-from security.errors import BudgetExceeded, SecurityError
+from security.errors import BudgetExceeded, SecurityError, UnsafeConfiguration
 from security.pki_verify import load_certificate, load_crl
 from security.secagg_client import SecAggClient
 from security.signing import SigningKey
@@ -95,6 +95,9 @@ class SiteDaemon:
         # An existing folder (a mounted volume) keeps the permissions its operator gave it.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.bytes = {"sent": 0, "received": 0}
+        # True while the site only computes (building the trainer, local training): that holds no wait that
+        # could notice ``stop``, so the CLI's signal handler raises ``Stopped`` there at once.
+        self.interruptible = False
         self.coordinator_head: tuple[int, str] = (0, "")  # the ledger head the coordinator verified (from Join)
         self.metrics = SiteMetrics(registry or CollectorRegistry())
         self.metrics.epsilon_max.set(cfg.privacy.epsilon_max)
@@ -131,6 +134,7 @@ class SiteDaemon:
 
     def _setup(self, settings: FederationSettings) -> None:
         self.settings = settings
+        self.interruptible = True  # until the ledger opens
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
@@ -145,6 +149,7 @@ class SiteDaemon:
                                     if settings.shares_model else None)
         self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed,
                                              method=settings.method)
+        self.interruptible = False  # from here on the ledger is open
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
                                    ledger_path=self.state_dir / "ledger.jsonl", signing_key=self.signing_key,
                                    site=self.cfg.site)
@@ -211,6 +216,9 @@ class SiteDaemon:
                     if not round_moved_on(exc):
                         raise
                     raise RoundAbandoned(f"the coordinator moved on without this site ({exc})") from exc
+            except SiteMismatch as exc:  # fatal: say so to the coordinator, which stops waiting for us
+                self._leave(str(exc))
+                raise
             except Stopped:  # mid-round: this site takes no further part in the round
                 self.secagg.abort()
                 break
@@ -268,14 +276,22 @@ class SiteDaemon:
                                "(different software versions?)")
         self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
         releases = self.release.planned(len(self.data.train))
-        self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        try:
+            self.privacy.check(releases, number)  # refuse before training, and before anything leaves
+        except UnsafeConfiguration as exc:  # the same in every round: skipping would leave the others waiting
+            raise SiteMismatch(f"{self.cfg.site} cannot take part under the federation's privacy settings: "
+                               f"{exc}") from exc
         cohort_m = self._noise_cohort(len(config.cohort))
         # DP-SGD is charged when it runs: an abandoned round still leaves its trained encoder, whose outputs
         # the next upload releases.
         training = [r for r in releases if r.mechanism != PROTOTYPE_MECHANISM]
         if training:
             self.privacy.record(training, number, what_without_dp=self.release.not_covered())
-        vector = self._train(cohort_m)
+        self.interruptible = True
+        try:
+            vector = self._train(cohort_m)
+        finally:
+            self.interruptible = False
 
         def before_send(point: str) -> None:
             if point == "masked_input":  # charged before the release leaves

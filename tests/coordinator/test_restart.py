@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.config import load_config
-from federation.config_files import coordinator_document, write_toml
+from federation.config_files import coordinator_document, toml_text, write_toml
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
 from tests.netfed import FED, ScriptedSite, join_sites, make_pki
@@ -22,6 +22,7 @@ CONFIG = coordinator_document(
     federation={"federation_id": FED, "image_dim": 8, "text_dim": 6, "num_classes": 3, "rounds": 3, "min_sites": 3,
                 "phase_timeout_s": 5.0, "train_timeout_s": 10.0, "train": {"bits": 8, "hidden": 16, "width": 8},
                 "privacy": {"mode": "off"}})
+TOML = toml_text(CONFIG)
 
 
 def _start(tmp: Path) -> tuple[subprocess.Popen, int]:
