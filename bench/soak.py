@@ -48,31 +48,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.soak_plan import ABORT_ROUND, Settings, plan_faults  # noqa: E402
 from bench.soak_verify import verify  # noqa: E402
 from federation.config_files import coordinator_document, write_toml  # noqa: E402
 from security.pki import Role, create_ca  # noqa: E402
 from security.pki_issue import issue_certificate  # noqa: E402
 
 FED, DIMS, BITS, FRACTION_BITS = "soakfed", (8, 6, 10), 16, 20
-POINTS = ("advertise", "share_keys", "masked_input", "unmask", "result")
-ABORT_ROUND = 2
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Settings:
-    sites: int
-    rounds: int
-    seed: int = 1
-    phase_timeout_s: float = 0.0  # 0: max(6, N / 10) seconds
-    train_timeout_s: float = 0.0  # 0: as phase_timeout_s
-    consistency_check: bool = True  # False: the semi-honest protocol (no survivor signatures)
-    faults: bool = True
-
-    def __post_init__(self) -> None:
-        self.phase_timeout_s = self.phase_timeout_s or max(6.0, self.sites / 10)
-        self.train_timeout_s = self.train_timeout_s or self.phase_timeout_s
-    timeout_s: float = 900.0
 
 
 @dataclass
@@ -98,27 +81,6 @@ class Run:
     t_last_completion: float | None = None
     completed_before_kill: list[int] = field(default_factory=list)
     interrupted: list[int] = field(default_factory=list)
-
-
-def plan_faults(names: list[str], s: Settings, rng: random.Random, *, max_round: int) -> dict[str, dict[str, Any]]:
-    """Per site: ``{round: {"point", "action", "seconds"}}`` for rounds 1..max_round (one fault per site-round)."""
-    plans: dict[str, dict[str, Any]] = {n: {} for n in names}
-    kills, cursor = max(2, s.sites // 20), 0
-    for number in range(1, max_round + 1):
-        if number == ABORT_ROUND:
-            for name in rng.sample(names, math.ceil(s.sites / 2)):
-                plans[name][str(number)] = {"point": "unmask", "action": "slow", "seconds": s.phase_timeout_s + 2}
-            continue
-        chosen = rng.sample(names, kills + 1 + s.sites // 10)
-        for name in chosen[:kills]:
-            plans[name][str(number)] = {"point": POINTS[cursor % len(POINTS)], "action": "kill"}
-            cursor += 1
-        plans[chosen[kills]][str(number)] = {"point": rng.choice(POINTS), "action": "slow",
-                                             "seconds": s.phase_timeout_s + 2}
-        for name in chosen[kills + 1:]:
-            plans[name][str(number)] = {"point": rng.choice(POINTS), "action": "delay",
-                                        "seconds": round(rng.uniform(0.05, 1.5), 2)}
-    return plans
 
 
 def _free_port() -> int:

@@ -18,7 +18,7 @@ Debug hook (test builds only): the plain input of every round is written to
 coordinator unmasked. Plain inputs stay at the site, never at the coordinator.
 
 Faults come from ``STATE_DIR/faults.json``: ``{"<round>": {"point": P, "action": A, "seconds": s}}``.
-P in ``POINTS`` is the moment just before the site sends that phase's message, after it received the
+P in ``bench.soak_plan.POINTS`` is the moment just before the site sends that phase's message, after it received the
 phase's input (so a ``slow`` site always misses the phase deadline); ``result`` is just before it fetches
 the round result. A is ``kill`` (SIGKILL itself: the harness restarts it), ``delay`` (a network delay,
 within the phase timeout) or ``slow`` (longer than the phase timeout). A fault fires once, even across
@@ -46,7 +46,6 @@ from federation.layout import upload_layout  # noqa: E402
 from federation.peers import PeerVerifier  # noqa: E402
 from federation.plan import FederationSettings  # noqa: E402
 from federation.secagg import secagg_config  # noqa: E402
-from federation.site_round import POINTS as ROUND_POINTS  # noqa: E402
 from federation.site_round import RoundAbandoned, SiteRound  # noqa: E402
 from participant.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable  # noqa: E402
 from participant.config import RetryPolicy, SiteConfig, SiteTls  # noqa: E402
@@ -57,7 +56,6 @@ from security.pki_verify import load_certificate, load_crl  # noqa: E402
 from security.secagg_client import SecAggClient  # noqa: E402
 from security.signing import SigningKey  # noqa: E402
 
-POINTS = tuple(p for p in ROUND_POINTS if p != "sign_survivors")  # where faults are injected
 log = logging.getLogger("soak_site")
 
 

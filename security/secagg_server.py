@@ -44,7 +44,7 @@ from security.secagg_messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from security.secagg_server_round import AggregateResult, ServerRound, revealed_shares
+from security.secagg_server_round import AggregateResult, ServerRound, compact_directory, revealed_shares
 from security.signing import VerifyKey, verify_key_bundle
 from security.stages import Stage, check_transition, require_stage
 
@@ -172,19 +172,9 @@ class SecAggServer:
         O(k); for a full graph it equals :meth:`close_advertisements`'s result.
         """
         require_stage(self._stage, Stage.SHARE_KEYS, action="directory_for")
-        state = self._live()
-        graph = state.graph or {}
-        if site not in graph:
-            raise InvalidMessage(f"{site!r} did not advertise keys this round")
-        order = tuple(sorted(state.adverts))
-        # with the consistency check a site also counts signatures of the holders of its neighbours'
-        # holders (three hops), so it gets their certificates here
-        near = within_hops(graph, site, CHECK_HOPS) if self._config.consistency_check else graph[site] | {site}
-        if len(near) == len(order):
-            return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in order))
-        members = sorted(near)
-        return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in members),
-                            order)
+        return compact_directory(self._live(), site, federation_id=self._config.federation_id,
+                                 round_number=self._round,
+                                 hops=CHECK_HOPS if self._config.consistency_check else 1)
 
     # Phase 3 ---------------------------------------------------------------------------------------
     def receive_shares(self, sender: str, shares: Sequence[EncryptedShare]) -> None:

@@ -18,8 +18,9 @@ import numpy.typing as npt
 from security import shamir
 from security.consistency import SurvivorSignature
 from security.errors import InvalidMessage
+from security.neighbours import within_hops
 from security.secagg_config import RoundPlan
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, UnmaskRequest, UnmaskResponse
+from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +83,24 @@ def revealed_shares(state: ServerRound, sender: str,
     if len(set(owners_seen)) != len(owners_seen):
         raise InvalidMessage(f"UnmaskResponse from {sender!r} repeats an owner")
     return parsed
+
+
+def compact_directory(state: ServerRound, site: str, *, federation_id: str, round_number: int,
+                      hops: int) -> KeyDirectory:
+    """``site``'s own advertisement and those of the sites within ``hops`` graph hops, plus every advertiser's
+    id (the whole directory when that is everyone).
+
+    With the consistency check a site also counts signatures of the holders of its neighbours' holders
+    (three hops), so it gets their certificates too; without it, one hop (its neighbours) suffices.
+
+    Raises:
+        InvalidMessage: ``site`` did not advertise keys this round.
+    """
+    graph = state.graph or {}
+    if site not in graph:
+        raise InvalidMessage(f"{site!r} did not advertise keys this round")
+    order = tuple(sorted(state.adverts))
+    near = within_hops(graph, site, hops)
+    if len(near) == len(order):
+        return KeyDirectory(federation_id, round_number, tuple(state.adverts[s] for s in order))
+    return KeyDirectory(federation_id, round_number, tuple(state.adverts[s] for s in sorted(near)), order)
