@@ -293,13 +293,14 @@ class SiteDaemon:
         finally:
             self.interruptible = False
 
+        epsilons: list[float] = []  # the prototype release's charge, made just before the masked input leaves
+
         def before_send(point: str) -> None:
-            if point == "masked_input":  # charged before the release leaves
+            if point == "masked_input":
                 epsilons.append(self.privacy.record([r for r in releases if r.mechanism == PROTOTYPE_MECHANISM],
                                                     number, what_without_dp=self.release.not_covered(),
                                                     noise_cohort=cohort_m))
 
-        epsilons: list[float] = []
         secagg_round = SiteRound(secagg=self.secagg, transport=self.client, peers=self.peers, config=config,
                                  federation_id=self.settings.federation_id,
                                  consistency_check=self.settings.secagg.consistency_check, before_send=before_send)

@@ -187,10 +187,10 @@ def cross_check(releases: Sequence[Release], witnesses: Mapping[int, RoundWitnes
                               f"dp_release for that round ({ends}); the ledger was cut or entries are missing",
                               round_number=w.round)
     for rnd in dp_rounds:
-        w = witnesses.get(rnd)
-        if w is None or site not in w.cohort:
-            why = ("the coordinator's round log has no such round" if w is None
-                   else f"the round's cohort was {', '.join(sorted(w.cohort)) or 'empty'}")
+        witness = witnesses.get(rnd)
+        if witness is None or site not in witness.cohort:
+            why = ("the coordinator's round log has no such round" if witness is None
+                   else f"the round's cohort was {', '.join(sorted(witness.cohort)) or 'empty'}")
             seq = next(r.seq for r in releases if r.round == rnd and r.kind == DP_RELEASE)
             raise AuditFailed(site, "release_unwitnessed", f"the ledger records a dp_release for a round in "
                               f"which this site was not in the cohort ({why})", seq=seq, round_number=rnd)
