@@ -13,9 +13,10 @@ threshold the round aborts (``RoundAborted``), nothing is revealed, and the next
 
 Any other exception inside a round (a bug, a bad setting, a full disk) aborts it the same way:
 nothing is revealed, sites polling it are told ABORTED, the cause is logged with its traceback and
-counted in ``pfmh_round_failures_total``, and the next round runs. After ``max_failed_rounds``
-such failures in a row (a failure that repeats every round) the driver gives up: ``failure`` says
-why, ``on_fatal`` is called (the server turns health NOT_SERVING) and the daemon exits non-zero.
+counted in ``pfmh_round_failures_total``, and the next round runs after ``FAILED_ROUND_PAUSE_S``.
+After ``max_failed_rounds`` such failures in a row (a failure that repeats every round) the driver
+gives up: ``failure`` says why, ``on_fatal`` is called (the server turns health NOT_SERVING) and
+the daemon exits non-zero.
 
 All arithmetic and crypto live elsewhere: ``security.secagg_server`` unmasks the sum;
 ``pfmh_model.aggregation`` turns it into global prototypes and the FedAvg model.
@@ -42,6 +43,7 @@ from security.secagg_server import SecAggServer
 logger = logging.getLogger(__name__)
 # Rounds in a row that may end in an unexpected exception before the driver gives up.
 MAX_FAILED_ROUNDS = 3
+FAILED_ROUND_PAUSE_S = 2.0  # pause after such a round before the next one starts
 
 
 class RoundEngine(RoundInbox, Misbehaviour, RoundCommit):
@@ -158,6 +160,8 @@ class RoundEngine(RoundInbox, Misbehaviour, RoundCommit):
                         self._give_up(f"{self.failed_in_a_row} rounds in a row failed with an internal error "
                                       f"(last: {self.last_failure})")
                         return
+                    with self.cond:  # a moment for a passing cause (a full disk, a slow mount) to clear
+                        self.cond.wait_for(lambda: self.stopping, timeout=FAILED_ROUND_PAUSE_S)
         except Exception as exc:  # noqa: BLE001 - the driver must report, never vanish
             logger.exception("the round driver failed outside a round")
             self._give_up(f"the round driver failed: {type(exc).__name__}: {exc}")

@@ -168,7 +168,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_driver_that_gives_up_makes_the_process_exit_non_zero(fed: Path) -> None:
-    # Prepare: the real CLI in a process whose every round raises while starting
+    # Prepare: the real CLI in a process whose every round raises while starting; sites stay live 30 s
+    (fed / "c.toml").write_text(TOML.replace("liveness_s = 3.0", "liveness_s = 30.0"))
     port_file = fed / "port"
     proc = subprocess.Popen([sys.executable, "-c", INJECT, "serve", "--config", str(fed / "c.toml"),
                              "--port-file", str(port_file), "--log-level", "WARNING"], cwd=REPO_ROOT,

@@ -3,6 +3,7 @@ default log level, and SIGINT/SIGTERM stop it within about a second, with one li
 call in flight to a live coordinator is cancelled by the stop event as fast."""
 from __future__ import annotations
 
+import re
 import selectors
 import signal
 import socket
@@ -44,21 +45,27 @@ signing_key = "pki/{SITE}/signing.key"
 crl = "pki/ca/crl.pem"
 [privacy]
 require_dp = false
+[retry]
+initial_s = 8.0
+max_s = 8.0
 """)
     return toml
 
 
-def _read_until(proc: subprocess.Popen, needle: str, timeout_s: float) -> str:
-    """stderr of ``proc`` up to and including the first line holding ``needle``."""
+def _read_until_long_backoff(proc: subprocess.Popen, timeout_s: float, min_sleep_s: float = 3.0) -> str:
+    """stderr of ``proc`` up to the first retry line announcing a sleep of at least ``min_sleep_s``."""
     assert proc.stderr is not None
     selector = selectors.DefaultSelector()
     selector.register(proc.stderr, selectors.EVENT_READ)
     seen, deadline = "", time.monotonic() + timeout_s
-    while needle not in seen:
-        assert time.monotonic() < deadline and proc.poll() is None, f"no {needle!r} in:\n{seen}"
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None, f"no long backoff in:\n{seen}"
         if selector.select(timeout=0.5):
-            seen += proc.stderr.readline()
-    return seen
+            line = proc.stderr.readline()
+            seen += line
+            sleep = re.search(r"retrying in ([0-9.]+)s", line)
+            if sleep and float(sleep.group(1)) >= min_sleep_s:
+                return seen
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -71,7 +78,7 @@ def test_join_with_no_coordinator_retries_naming_the_address_and_stops_on_a_sign
     proc = subprocess.Popen([sys.executable, "-m", "participant.cli", "join", "--site", SITE, "--config", str(toml)],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        retries = _read_until(proc, "retrying in", timeout_s=90)
+        retries = _read_until_long_backoff(proc, timeout_s=120)  # it is now sleeping >= 3 s before a retry
         # Execute
         started = time.monotonic()
         proc.send_signal(sig)
