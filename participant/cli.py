@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -65,6 +66,14 @@ def join(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.site != cfg.site:
         raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
+    daemon_class = SiteDaemon
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (docs/DEPLOY.md): only rank 0 goes on
+        from participant.distributed_site import start_ranks
+
+        lead = start_ranks(cfg, args.config.resolve().parent)
+        if lead is None:
+            return 0
+        cfg, daemon_class = lead
     stop = threading.Event()
     received: list[str] = []
     running: list = []  # the daemon, once built
@@ -91,8 +100,9 @@ def join(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
-        running.append(daemon)
+        daemon = daemon_class(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
+        if daemon_class is SiteDaemon:  # one process; under torchrun the other ranks train in step with rank 0
+            running.append(daemon)
         code = daemon.run()
     except Stopped:  # before it had joined, or while building its trainer: nothing to leave yet
         code = 0
