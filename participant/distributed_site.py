@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from federation.plan import FederationSettings
 from participant.config import SiteConfig
 from participant.distributed_dp_sgd import install_dp_sgd
 from participant.local_release import LocalRelease
@@ -32,11 +33,6 @@ from participant.site import SiteDaemon, SiteMismatch
 from pfmh_model.data import load_h5
 from pfmh_model.distributed_training import ShardedSiteTrainer, broadcast_message, stop_followers
 from pfmh_model.trainer_factory import make_trainer
-
-try:  # where the typed plan lives once issue 15's federation/ package is merged
-    from federation.plan import FederationSettings
-except ImportError:  # pragma: no cover - before that merge
-    from proto.settings import FederationSettings  # type: ignore[no-redef]
 
 __all__ = ["DistributedSiteDaemon", "launched_by_torchrun", "start_ranks"]
 
