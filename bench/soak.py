@@ -48,30 +48,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.soak_plan import ABORT_ROUND, Settings, plan_faults  # noqa: E402
 from bench.soak_verify import verify  # noqa: E402
+from federation.config_files import coordinator_document, write_toml  # noqa: E402
 from security.pki import Role, create_ca  # noqa: E402
 from security.pki_issue import issue_certificate  # noqa: E402
 
 FED, DIMS, BITS, FRACTION_BITS = "soakfed", (8, 6, 10), 16, 20
-POINTS = ("advertise", "share_keys", "masked_input", "unmask", "result")
-ABORT_ROUND = 2
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Settings:
-    sites: int
-    rounds: int
-    seed: int = 1
-    phase_timeout_s: float = 0.0  # 0: max(6, N / 10) seconds
-    train_timeout_s: float = 0.0  # 0: as phase_timeout_s
-    consistency_check: bool = True  # False: the semi-honest protocol (no survivor signatures)
-    faults: bool = True
-
-    def __post_init__(self) -> None:
-        self.phase_timeout_s = self.phase_timeout_s or max(6.0, self.sites / 10)
-        self.train_timeout_s = self.train_timeout_s or self.phase_timeout_s
-    timeout_s: float = 900.0
 
 
 @dataclass
@@ -99,69 +83,22 @@ class Run:
     interrupted: list[int] = field(default_factory=list)
 
 
-def plan_faults(names: list[str], s: Settings, rng: random.Random, *, max_round: int) -> dict[str, dict[str, Any]]:
-    """Per site: ``{round: {"point", "action", "seconds"}}`` for rounds 1..max_round (one fault per site-round)."""
-    plans: dict[str, dict[str, Any]] = {n: {} for n in names}
-    kills, cursor = max(2, s.sites // 20), 0
-    for number in range(1, max_round + 1):
-        if number == ABORT_ROUND:
-            for name in rng.sample(names, math.ceil(s.sites / 2)):
-                plans[name][str(number)] = {"point": "unmask", "action": "slow", "seconds": s.phase_timeout_s + 2}
-            continue
-        chosen = rng.sample(names, kills + 1 + s.sites // 10)
-        for name in chosen[:kills]:
-            plans[name][str(number)] = {"point": POINTS[cursor % len(POINTS)], "action": "kill"}
-            cursor += 1
-        plans[chosen[kills]][str(number)] = {"point": rng.choice(POINTS), "action": "slow",
-                                             "seconds": s.phase_timeout_s + 2}
-        for name in chosen[kills + 1:]:
-            plans[name][str(number)] = {"point": rng.choice(POINTS), "action": "delay",
-                                        "seconds": round(rng.uniform(0.05, 1.5), 2)}
-    return plans
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _coordinator_toml(names: list[str], s: Settings, port: int, metrics_port: int) -> str:
-    return f"""sites = {json.dumps(names)}
-state_dir = "state/coordinator"
-metrics_listen = "127.0.0.1:{metrics_port}"
-[tls]
-ca_cert = "pki/ca/ca.crt"
-cert = "pki/coordinator/tls.crt"
-key = "pki/coordinator/tls.key"
-crl = "pki/ca/crl.pem"
-[server]
-listen = "127.0.0.1:{port}"
-long_poll_s = 5.0
-grace_s = 1.0
-max_workers = {2 * s.sites + 16}
-liveness_s = 10.0
-gather_s = 3.0
-max_message_mb = 16
-[federation]
-federation_id = "{FED}"
-image_dim = {DIMS[0]}
-text_dim = {DIMS[1]}
-num_classes = {DIMS[2]}
-rounds = {s.rounds}
-min_sites = {math.ceil(0.6 * s.sites)}
-phase_timeout_s = {s.phase_timeout_s}
-train_timeout_s = {s.train_timeout_s}
-[federation.train]
-bits = {BITS}
-hidden = 16
-width = 8
-[federation.secagg]
-fraction_bits = {FRACTION_BITS}
-consistency_check = {str(s.consistency_check).lower()}
-[federation.privacy]
-mode = "off"
-"""
+def _coordinator_config(names: list[str], s: Settings, port: int, metrics_port: int) -> dict[str, Any]:
+    return coordinator_document(
+        sites=names, metrics_listen=f"127.0.0.1:{metrics_port}",
+        server={"listen": f"127.0.0.1:{port}", "long_poll_s": 5.0, "grace_s": 1.0, "max_workers": 2 * s.sites + 16,
+                "liveness_s": 10.0, "gather_s": 3.0, "max_message_mb": 16},
+        federation={"federation_id": FED, "image_dim": DIMS[0], "text_dim": DIMS[1], "num_classes": DIMS[2],
+                    "rounds": s.rounds, "min_sites": math.ceil(0.6 * s.sites), "phase_timeout_s": s.phase_timeout_s,
+                    "train_timeout_s": s.train_timeout_s, "train": {"bits": BITS, "hidden": 16, "width": 8},
+                    "secagg": {"fraction_bits": FRACTION_BITS, "consistency_check": s.consistency_check},
+                    "privacy": {"mode": "off"}})
 
 
 def _proc_sample(proc: Proc) -> None:
@@ -200,8 +137,8 @@ class Soak:
         issue_certificate(ca=ca, role=Role.COORDINATOR, name="coordinator")
         for name in self.names:
             issue_certificate(ca=ca, role=Role.SITE, name=name)
-        (self.work / "coordinator.toml").write_text(_coordinator_toml(self.names, self.s, self.port,
-                                                                      self.metrics_port))
+        write_toml(self.work / "coordinator.toml", _coordinator_config(self.names, self.s, self.port,
+                                                                       self.metrics_port))
         plans = (plan_faults(self.names, self.s, self.rng, max_round=3 * self.s.rounds + 10) if self.s.faults
                  else {n: {} for n in self.names})
         for name in self.names:

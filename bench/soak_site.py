@@ -18,7 +18,7 @@ Debug hook (test builds only): the plain input of every round is written to
 coordinator unmasked. Plain inputs stay at the site, never at the coordinator.
 
 Faults come from ``STATE_DIR/faults.json``: ``{"<round>": {"point": P, "action": A, "seconds": s}}``.
-P in ``POINTS`` is the moment just before the site sends that phase's message, after it received the
+P in ``bench.soak_plan.POINTS`` is the moment just before the site sends that phase's message, after it received the
 phase's input (so a ``slow`` site always misses the phase deadline); ``result`` is just before it fetches
 the round result. A is ``kill`` (SIGKILL itself: the harness restarts it), ``delay`` (a network delay,
 within the phase timeout) or ``slow`` (longer than the phase timeout). A fault fires once, even across
@@ -41,31 +41,28 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from durable.atomic_file import atomic_path, atomic_write  # noqa: E402
 from federation.layout import upload_layout  # noqa: E402
+from federation.peers import PeerVerifier  # noqa: E402
 from federation.plan import FederationSettings  # noqa: E402
 from federation.secagg import secagg_config  # noqa: E402
-from participant.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, RoundAbandoned  # noqa: E402
+from federation.site_round import RoundAbandoned, SiteRound  # noqa: E402
+from participant.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable  # noqa: E402
 from participant.config import RetryPolicy, SiteConfig, SiteTls  # noqa: E402
 from proto import federation_pb2 as pb  # noqa: E402
 from proto.settings import PROTOCOL_VERSION  # noqa: E402
-from security.consistency import SurvivorSignature  # noqa: E402
 from security.errors import SecurityError  # noqa: E402
-from security.pki import Role  # noqa: E402
-from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate  # noqa: E402
+from security.pki_verify import load_certificate, load_crl  # noqa: E402
 from security.secagg_client import SecAggClient  # noqa: E402
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest  # noqa: E402
-from security.signing import SigningKey, VerifyKey  # noqa: E402
+from security.signing import SigningKey  # noqa: E402
 
-POINTS = ("advertise", "share_keys", "masked_input", "unmask", "result")
 log = logging.getLogger("soak_site")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
-    tmp.replace(path)
 
 
 class SoakSite:
@@ -84,6 +81,9 @@ class SoakSite:
         self.ca_cert = load_certificate(base / "ca.crt")
         self.crl = load_crl(Path(args.pki) / "ca" / "crl.pem", ca_cert=self.ca_cert)
         self.signing_key = SigningKey.load(base / "signing.key", passphrase=None)
+        self.peers = PeerVerifier(self.ca_cert, self.crl, on_untrusted=lambda peer, exc: self.event(
+            "untrusted_peer", peer=peer, detail=str(exc)[:200]))
+        self.vector = np.zeros(0)
         plan = self.state / "faults.json"
         self.faults: dict[str, dict[str, Any]] = json.loads(plan.read_text()) if plan.is_file() else {}
         self.fired = self._fired()
@@ -153,8 +153,7 @@ class SoakSite:
                     return 3
                 self._round(config)
                 after = config.round
-                meta.with_suffix(".tmp").write_text(json.dumps({"after_round": after}))
-                meta.with_suffix(".tmp").replace(meta)
+                atomic_write(meta, json.dumps({"after_round": after}).encode())
         except CoordinatorUnreachable as exc:
             self.event("outcome", outcome="unreachable", detail=str(exc)[:300])
             return 4
@@ -173,11 +172,15 @@ class SoakSite:
         sums = np.clip(rng.normal(size=classes * self.bits), -4.0, 4.0)
         return np.concatenate([sums, rng.integers(1, 21, size=classes).astype(np.float64)])
 
-    def _poll(self, method: str, deadline_s: float) -> Any:
-        query = pb.PhaseQuery(federation_id=self.cfg.federation_id, round=self.round)
+    # ------------------------------------------------------------------ federation.site_round.Transport
+    def call(self, method: str, request: Any) -> Any:
+        return self.client.call(method, request)
+
+    def poll(self, method: str, request: pb.PhaseQuery, *, deadline_s: float) -> Any:
+        """Repeat a long-poll until it is not PENDING (an ABORTED reply is returned, not raised)."""
         until = time.monotonic() + deadline_s
         while True:
-            reply = self.client.call(method, query)
+            reply = self.client.call(method, request)
             if reply.status != pb.PENDING:
                 return reply
             if time.monotonic() > until:
@@ -196,79 +199,33 @@ class SoakSite:
             self.secagg.abort()
             self.event("outcome", outcome="secagg_error", detail=f"{type(exc).__name__}: {exc}"[:300])
 
+    def _before_send(self, point: str) -> None:
+        """Debug hook and faults, just before each phase's message leaves."""
+        if point == "masked_input":  # debug hook: the plain input, before its masked version leaves
+            _save_npy(self.state / "inputs" / f"round-{self.round}.npy", self.vector)
+        self.fault(point)
+
     def _protocol(self, config: pb.RoundConfig) -> None:
-        fed, number, call = self.cfg.federation_id, self.round, self.client.call
-        vector = self._input()
-        advert = self.secagg.advertise(number, list(config.cohort))
-        self.fault("advertise")
-        call("AdvertiseKeys", pb.AdvertiseKeysRequest(
-            federation_id=fed, round=number, share_public_key=advert.share_public_key,
-            mask_public_key=advert.mask_public_key, signature=advert.signature))
+        steps = SiteRound(secagg=self.secagg, transport=self, peers=self.peers, config=config,
+                          federation_id=self.cfg.federation_id,
+                          consistency_check=self.secagg_settings.consistency_check, before_send=self._before_send)
+        self.vector = self._input()
+        steps.advertise()
         self.event("step", step="advertised")
-        ads = self._poll("GetAdvertisements", config.train_timeout_s + 2 * config.phase_timeout_s)
-        if ads.status != pb.READY:
-            raise RoundAbandoned("GetAdvertisements: round aborted")
-        directory, keys = self._directory(ads)
-        shares = self.secagg.share_keys(directory, verify_keys=keys)
-        self.fault("share_keys")
-        call("ShareKeys", pb.ShareKeysRequest(federation_id=fed, round=number, shares=[
-            pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]))
+        steps.share_keys()
         self.event("step", step="shared_keys")
-        inbox = self._poll("GetShares", 2 * config.phase_timeout_s)
-        if inbox.status != pb.READY:
-            raise RoundAbandoned("GetShares: round aborted")
-        received = [EncryptedShare(fed, number, s.sender, s.recipient, s.nonce, s.ciphertext) for s in inbox.shares]
-        masked = self.secagg.masked_input(received, vector)
-        _save_npy(self.state / "inputs" / f"round-{number}.npy", vector)  # debug hook: before it leaves
-        self.fault("masked_input")
-        call("SubmitMaskedInput", pb.MaskedInputRequest(federation_id=fed, round=number, masked_uint64_le=masked.data,
-                                                        vector_length=masked.vector_length))
+        steps.masked_input(self.vector)
         self.event("step", step="masked_input")
-        request = self._poll("GetUnmaskRequest", 2 * config.phase_timeout_s)
-        if request.status != pb.READY:
-            raise RoundAbandoned("GetUnmaskRequest: round aborted")
-        told = UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts))
-        if self.secagg_settings.consistency_check:
-            signed = self.secagg.sign_survivors(told)
-            call("SubmitSurvivorSignature", pb.SurvivorSignatureRequest(federation_id=fed, round=number,
-                                                                        signature=signed.signature))
-            bundle = self._poll("GetSurvivorSignatures", 2 * config.phase_timeout_s)
-            if bundle.status != pb.READY:
-                raise RoundAbandoned("GetSurvivorSignatures: round aborted")
-            response = self.secagg.unmask(told, verify_keys=keys, signatures=[
-                SurvivorSignature(fed, number, x.site, x.signature) for x in bundle.signatures])
-        else:
-            response = self.secagg.unmask(told)
-        self.fault("unmask")
-        call("Unmask", pb.UnmaskReply(
-            federation_id=fed, round=number,
-            self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],
-            mask_key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.mask_key_shares]))
+        steps.sign_survivors()
+        steps.unmask()
         self.event("step", step="unmasked")
-        self.fault("result")
-        result = self._poll("GetRoundResult", 2 * config.phase_timeout_s)
+        result = steps.result()
         protos = np.frombuffer(result.global_prototypes.float64_le, dtype="<f8")
         if result.status == pb.READY:
-            _save_npy(self.state / "results" / f"round-{number}.npy", protos)
+            _save_npy(self.state / "results" / f"round-{self.round}.npy", protos)
         self.event("outcome", outcome="completed" if result.status == pb.READY else "aborted",
                    survivors=list(result.survivors), prototypes=int(protos.size), reason=result.abort_reason[:300],
                    bytes_sent=self.round_bytes[0], bytes_received=self.round_bytes[1])
-
-    def _directory(self, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
-        """As ``participant.site``: the relayed advertisements (neighbours' only, under SecAgg+) and the
-        advertiser ids; only peers whose certificate verifies get a key."""
-        fed, adverts, keys = self.cfg.federation_id, [], {}
-        for ad in ads.advertisements:
-            adverts.append(AdvertiseKeys(fed, self.round, ad.site, ad.share_public_key, ad.mask_public_key,
-                                         ad.signature))
-            try:
-                identity = verify_peer_certificate(ad.certificate_pem, ca_cert=self.ca_cert, crl=self.crl,
-                                                   allowed_roles=(Role.SITE,), expected_id=ad.site)
-            except SecurityError as exc:
-                self.event("untrusted_peer", peer=ad.site, detail=str(exc)[:200])
-                continue
-            keys[identity.site_id] = VerifyKey(site_signing_public_key(load_certificate(ad.certificate_pem)))
-        return KeyDirectory(fed, self.round, tuple(adverts), tuple(ads.advertisers)), keys
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from coordinator.audit import AuditError, AuditReport, SiteAudit, audit_state_dir, write_report
+from coordinator.audit import AuditError, AuditReport, SiteAudit, audit_state_dir
+from coordinator.audit_report import write_report
 
 _DESCRIPTION = """Privacy-budget audit of the sites' signed ledgers, as the coordinator received them.
 

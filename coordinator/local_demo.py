@@ -62,6 +62,7 @@ def _site_names(n: int) -> list[str]:
 
 def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """CA, certificates, data and configs under ``args.workdir``; returns (coordinator config, sites)."""
+    from federation.config_files import coordinator_document, site_document, write_toml
     from pfmh_model.data import save_h5
     from pfmh_model.partition import partition_dataset
     from pfmh_model.synthetic import generate
@@ -82,66 +83,21 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     for site, part in zip(sites, parts, strict=True):
         save_h5(part, work / "data" / f"{site}.h5")
         print(f"  {site}: {len(part.train)} train, {len(part.database)} archive, {len(part.query)} queries")
-    coordinator_toml = work / "coordinator.toml"
-    coordinator_toml.write_text(f"""# written by pfmh-demo
-sites = [{", ".join(f'"{s}"' for s in sites)}]
-state_dir = "state/coordinator"
-
-[tls]
-ca_cert = "pki/ca/ca.crt"
-cert = "pki/coordinator/tls.crt"
-key = "pki/coordinator/tls.key"
-crl = "pki/ca/crl.pem"
-
-[server]
-listen = "127.0.0.1:0"
-long_poll_s = 5.0
-
-[federation]
-federation_id = "demo"
-image_dim = {dataset.image_dim}
-text_dim = {dataset.text_dim}
-num_classes = {dataset.num_classes}
-method = "pfmh"
-share_mode = "{args.share_mode}"
-rounds = {args.rounds}
-min_sites = {len(sites)}
-train_timeout_s = 600.0
-phase_timeout_s = 60.0
-
-[federation.train]
-bits = {args.bits}
-personal_epochs = {args.epochs}
-shared_epochs = {args.epochs}
-seed = {args.seed}
-
-[federation.privacy]
-mode = "{args.dp}"
-noise_multiplier = {args.noise_multiplier}
-dp_sgd_noise_multiplier = {args.dp_sgd_noise_multiplier}
-delta = 1e-5
-""")
-    for site in sites:
-        (work / f"site-{site}.toml").write_text(f"""# written by pfmh-demo
-site = "{site}"
-federation_id = "demo"
-coordinator = "127.0.0.1:PORT"
-server_name = "localhost"
-data = "data/{site}.h5"
-state_dir = "state/{site}"
-threads = 1
-
-[tls]
-ca_cert = "pki/{site}/ca.crt"
-cert = "pki/{site}/tls.crt"
-key = "pki/{site}/tls.key"
-signing_key = "pki/{site}/signing.key"
-crl = "pki/ca/crl.pem"
-
-[privacy]
-epsilon_max = {args.epsilon_max}
-require_dp = {"true" if args.dp != "off" else "false"}
-""")
+    federation = {"federation_id": "demo", "image_dim": dataset.image_dim, "text_dim": dataset.text_dim,
+                  "num_classes": dataset.num_classes, "method": "pfmh", "share_mode": args.share_mode,
+                  "rounds": args.rounds, "min_sites": len(sites), "train_timeout_s": 600.0, "phase_timeout_s": 60.0,
+                  "train": {"bits": args.bits, "personal_epochs": args.epochs, "shared_epochs": args.epochs,
+                            "seed": args.seed},
+                  "privacy": {"mode": args.dp, "noise_multiplier": args.noise_multiplier,
+                              "dp_sgd_noise_multiplier": args.dp_sgd_noise_multiplier, "delta": 1e-5}}
+    coordinator_toml = write_toml(work / "coordinator.toml", coordinator_document(
+        sites=sites, federation=federation, server={"listen": "127.0.0.1:0", "long_poll_s": 5.0}),
+        comment="written by pfmh-demo")
+    for site in sites:  # the coordinator's port is filled in once it listens (run)
+        write_toml(work / f"site-{site}.toml", site_document(
+            site=site, federation_id="demo", coordinator="127.0.0.1:PORT", data=f"data/{site}.h5",
+            server_name="localhost", threads=1,
+            privacy={"epsilon_max": args.epsilon_max, "require_dp": args.dp != "off"}), comment="written by pfmh-demo")
     return coordinator_toml, sites
 
 

@@ -16,18 +16,15 @@ from coordinator.auth import current_site
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.round_run import Poll
 from coordinator.rounds import RoundEngine
+from federation import codec
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import PROTOCOL_VERSION
 from proto.tensors import to_tensor
-from security.consistency import SurvivorSignature
 from security.errors import InvalidMessage
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, MaskedInput, RevealedShare, UnmaskResponse
 
 logger = logging.getLogger(__name__)
 POLL = {Poll.PENDING: pb.PENDING, Poll.READY: pb.READY, Poll.ABORTED: pb.ABORTED, Poll.FINISHED: pb.FINISHED}
-# Longest list a site may send in one message; real ones hold one entry per neighbour.
-MAX_LIST_ITEMS = 4096
 
 
 class FederationServicer(pb_grpc.FederationServicer):
@@ -103,8 +100,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
         self._check_federation(request.federation_id)
         site = current_site()
-        message = AdvertiseKeys(request.federation_id, request.round, site, request.share_public_key,
-                                request.mask_public_key, request.signature)
+        message = codec.advertise_from_proto(request, sender=site)
         certificate = context.auth_context()["x509_pem_cert"][0]
         self.engine.submit_advertisement(site, message, certificate)
         return pb.Ack(round=request.round)
@@ -112,43 +108,27 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetAdvertisements(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.Advertisements:
         self._check_federation(request.federation_id)
         status, run = self.engine.await_directory(current_site(), request.round, self._wait_s(context))
-        reply = pb.Advertisements(status=POLL[status], round=request.round)
         if status is Poll.READY and run is not None and run.directory is not None:
-            directory = run.directories.get(current_site(), run.directory)
-            reply.advertisements.extend(
-                pb.Advertisement(site=a.site_id, share_public_key=a.share_public_key,
-                                 mask_public_key=a.mask_public_key, signature=a.signature,
-                                 certificate_pem=run.certificates[a.site_id])
-                for a in directory.advertisements)
-            reply.advertisers.extend(directory.site_ids)
-        return reply
+            return codec.directory_to_proto(run.directories.get(current_site(), run.directory),
+                                            certificates=run.certificates, status=POLL[status])
+        return pb.Advertisements(status=POLL[status], round=request.round)
 
     def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
         self._check_federation(request.federation_id)
-        if len(request.shares) > MAX_LIST_ITEMS:
-            raise InvalidMessage(f"{len(request.shares)} shares > {MAX_LIST_ITEMS}")
         site = current_site()
-        shares = [EncryptedShare(request.federation_id, request.round, site, s.recipient, s.nonce, s.ciphertext)
-                  for s in request.shares]
-        self.engine.submit_shares(site, request.round, shares)
+        self.engine.submit_shares(site, request.round, codec.shares_from_proto(request, sender=site))
         return pb.Ack(round=request.round)
 
     def GetShares(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.SharesForSite:
         self._check_federation(request.federation_id)
         site = current_site()
         status, run = self.engine.await_inbox(site, request.round, self._wait_s(context))
-        reply = pb.SharesForSite(status=POLL[status], round=request.round)
-        if status is Poll.READY and run is not None and run.inbox is not None:
-            reply.shares.extend(pb.EncryptedShare(sender=s.sender, recipient=s.recipient, nonce=s.nonce,
-                                                  ciphertext=s.ciphertext) for s in run.inbox.get(site, ()))
-        return reply
+        shares = run.inbox.get(site, ()) if status is Poll.READY and run is not None and run.inbox is not None else ()
+        return codec.inbox_to_proto(shares, round_number=request.round, status=POLL[status])
 
     def SubmitMaskedInput(self, request: pb.MaskedInputRequest, context: grpc.ServicerContext) -> pb.Ack:
         self._check_federation(request.federation_id)
-        if request.vector_length * 8 != len(request.masked_uint64_le):
-            raise InvalidMessage(f"vector_length {request.vector_length} does not match "
-                                 f"{len(request.masked_uint64_le)} bytes")
-        message = MaskedInput(request.federation_id, request.round, current_site(), request.masked_uint64_le)
+        message = codec.masked_input_from_proto(request, sender=current_site())
         self.engine.submit_masked_input(current_site(), message)
         return pb.Ack(round=request.round)
 
@@ -156,39 +136,27 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._check_federation(request.federation_id)
         site = current_site()
         status, run = self.engine.await_unmask_request(site, request.round, self._wait_s(context))
-        reply = pb.UnmaskRequest(status=POLL[status], round=request.round)
         told = self.engine.unmask_request_for(site, run) if status is Poll.READY and run is not None else None
-        if told is not None:
-            reply.survivors.extend(told.survivors)
-            reply.dropouts.extend(told.dropouts)
-        return reply
+        return codec.unmask_request_to_proto(told, round_number=request.round, status=POLL[status])
 
     def SubmitSurvivorSignature(self, request: pb.SurvivorSignatureRequest,
                                 context: grpc.ServicerContext) -> pb.Ack:
         self._check_federation(request.federation_id)
         site = current_site()
-        self.engine.submit_survivor_signature(site, SurvivorSignature(request.federation_id, request.round, site,
-                                                                      request.signature))
+        self.engine.submit_survivor_signature(site, codec.survivor_signature_from_proto(request, sender=site))
         return pb.Ack(round=request.round)
 
     def GetSurvivorSignatures(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.SurvivorSignatures:
         self._check_federation(request.federation_id)
         site = current_site()
         status, run = self.engine.await_signatures(site, request.round, self._wait_s(context))
-        reply = pb.SurvivorSignatures(status=POLL[status], round=request.round)
-        if status is Poll.READY and run is not None and run.signatures is not None:
-            reply.signatures.extend(pb.SurvivorSignature(site=s.site_id, signature=s.signature)
-                                    for s in run.signatures.get(site, ()))
-        return reply
+        signatures = (run.signatures.get(site, ()) if status is Poll.READY and run is not None
+                      and run.signatures is not None else ())
+        return codec.signatures_to_proto(signatures, round_number=request.round, status=POLL[status])
 
     def Unmask(self, request: pb.UnmaskReply, context: grpc.ServicerContext) -> pb.Ack:
         self._check_federation(request.federation_id)
-        if len(request.self_seed_shares) + len(request.mask_key_shares) > MAX_LIST_ITEMS:
-            raise InvalidMessage(f"more than {MAX_LIST_ITEMS} revealed shares")
-        message = UnmaskResponse(request.federation_id, request.round, current_site(),
-                                 tuple(RevealedShare(s.owner, s.share) for s in request.self_seed_shares),
-                                 tuple(RevealedShare(s.owner, s.share) for s in request.mask_key_shares))
-        self.engine.submit_unmask(current_site(), message)
+        self.engine.submit_unmask(current_site(), codec.unmask_response_from_proto(request, sender=current_site()))
         return pb.Ack(round=request.round)
 
     def GetRoundResult(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.RoundResult:

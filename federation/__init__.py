@@ -1,5 +1,6 @@
-"""The protocol layer both daemons share: the typed federation plan, the upload layout and the SecAgg
-config factory (sitting between the libraries ``pfmh_model``/``security``/``proto`` and the daemons).
+"""The protocol layer both daemons share: the typed federation plan, the upload layout, the SecAgg config
+factory, the wire codec and one site's secure-aggregation round (sitting between the libraries
+``pfmh_model``/``security``/``proto`` and the daemons).
 
 Never imports torch at import time, nor ``coordinator`` or ``participant`` (tests/test_layering.py).
 """

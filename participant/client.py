@@ -21,11 +21,13 @@ from typing import Any
 
 import grpc
 
+from federation.site_round import RoundAbandoned
 from participant.config import SiteConfig
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+__all__ = ["CoordinatorClient", "CoordinatorError", "CoordinatorUnreachable", "RoundAbandoned", "Stopped"]
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 STOP_CHECK_S = 0.25  # how often a call in flight looks at the stop event
 
@@ -45,10 +47,6 @@ class CoordinatorUnreachable(Exception):
 
 class Stopped(Exception):
     """The stop event was set (SIGINT/SIGTERM): the call in flight was cancelled."""
-
-
-class RoundAbandoned(Exception):
-    """The coordinator aborted the round (nothing was revealed); wait for the next one."""
 
 
 class CoordinatorClient:

@@ -21,20 +21,19 @@ from security.dp_noise import NoiseMode, add_gaussian_noise, secure_generator
 from security.dp_sensitivity import clipped_class_statistics
 from security.errors import SecurityError
 from security.ledger import Ledger
+from security.ledger_records import (
+    COVERED,
+    DP_SGD_MECHANISM,
+    ENCODER_MECHANISM,
+    PROTOTYPE_MECHANISM,
+    DpRelease,
+    DpSum,
+    UploadWithoutDp,
+)
 from security.signing import SigningKey
 
 logger = logging.getLogger(__name__)
-PROTOTYPE_MECHANISM = "gaussian_prototype_statistics"
-DP_SGD_MECHANISM = "dp_sgd_shared_model"
-ENCODER_MECHANISM = "dp_sgd_statistics_encoder"
-SUM_RECORD = "dp_sum"  # after a completed round: the noise the decoded sum really carried
-COVERED = {
-    PROTOTYPE_MECHANISM: "per-class prototype sums and counts of this site (each record's contribution "
-                         "scaled to a fixed L2 sensitivity given the encoder, Gaussian noise before masking)",
-    DP_SGD_MECHANISM: "the shared model's update (per-record gradient clipping and noise by Opacus DP-SGD)",
-    ENCODER_MECHANISM: "the encoder that computes the released statistics (per-record gradient clipping and "
-                       "noise by Opacus DP-SGD, Poisson batches from the OS CSPRNG)",
-}
+__all__ = ["DP_SGD_MECHANISM", "ENCODER_MECHANISM", "PROTOTYPE_MECHANISM", "Release", "SitePrivacy"]
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,10 @@ class SitePrivacy:
         self.accountant = OpacusAccountant(policy.accountant)
         self.ledger = Ledger.open(ledger_path, signing_key=signing_key, site_id=site)
         for entry in self.ledger.entries():  # rebuild the accountant from what was really released
-            rec = entry.record
-            if rec.get("kind") == "dp_release":
-                self.accountant.step(noise_multiplier=rec["noise_multiplier"], sample_rate=rec["sample_rate"],
-                                     steps=rec["steps"])
+            if entry.record.get("kind") == DpRelease.KIND:
+                rec = DpRelease.from_record(entry.record)
+                self.accountant.step(noise_multiplier=rec.noise_multiplier, sample_rate=rec.sample_rate,
+                                     steps=rec.steps)
         self.guard = BudgetGuard(self.accountant, epsilon_max=epsilon_max, delta=policy.delta)
         self.rng = secure_generator()
 
@@ -116,17 +115,17 @@ class SitePrivacy:
         for r in releases:
             epsilon = self.guard.spend(noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate,
                                        steps=r.steps, round_number=round_number)
-            self.ledger.append({
-                "kind": "dp_release", "round": round_number, "mechanism": r.mechanism,
-                "mode": self.policy.mode, "noise_multiplier": r.noise_multiplier, "sensitivity": r.sensitivity,
-                "sample_rate": r.sample_rate, "steps": r.steps, "delta": self.policy.delta, "epsilon": epsilon,
-                "epsilon_max": self.guard.budget.epsilon_max, "accountant": self.policy.accountant,
-                "covered": COVERED[r.mechanism], "encoder_chain": self.encoder_chain,
-                **({"noise_cohort": noise_cohort, "colluding_sites": self.policy.colluding_sites}
-                   if r.mechanism == PROTOTYPE_MECHANISM and self.mode is NoiseMode.DISTRIBUTED else {}),
-                "not_covered": what_without_dp or "nothing else leaves the site in this round"})
+            cohort = r.mechanism == PROTOTYPE_MECHANISM and self.mode is NoiseMode.DISTRIBUTED
+            self.ledger.append(DpRelease(
+                round=round_number, mechanism=r.mechanism, mode=str(self.policy.mode),
+                noise_multiplier=r.noise_multiplier, sensitivity=r.sensitivity, sample_rate=r.sample_rate,
+                steps=r.steps, delta=self.policy.delta, epsilon=epsilon, epsilon_max=self.guard.budget.epsilon_max,
+                accountant=str(self.policy.accountant), covered=COVERED[r.mechanism],
+                not_covered=what_without_dp or "nothing else leaves the site in this round",
+                encoder_chain=self.encoder_chain, noise_cohort=noise_cohort if cohort else None,
+                colluding_sites=self.policy.colluding_sites if cohort else None).to_record())
         if what_without_dp and not releases and not self.enabled:
-            self.ledger.append({"kind": "upload_without_dp", "round": round_number, "what": what_without_dp})
+            self.ledger.append(UploadWithoutDp(round=round_number, what=what_without_dp).to_record())
         return self.spent
 
     def record_sum(self, round_number: int, *, contributors: int, noise_cohort: int) -> None:
@@ -138,11 +137,10 @@ class SitePrivacy:
         if self.mode is not NoiseMode.DISTRIBUTED:
             return
         c = self.policy.colluding_sites
-        self.ledger.append({"kind": SUM_RECORD, "round": round_number, "contributors": contributors,
-                            "noise_cohort": noise_cohort, "colluding_sites": c,
-                            "sum_noise_multiplier": sum_noise_multiplier(
-                                sigma=self.policy.noise_multiplier, contributors=contributors,
-                                cohort=noise_cohort, colluding_sites=c)})
+        self.ledger.append(DpSum(round=round_number, contributors=contributors, noise_cohort=noise_cohort,
+                                 colluding_sites=c, sum_noise_multiplier=sum_noise_multiplier(
+                                     sigma=self.policy.noise_multiplier, contributors=contributors,
+                                     cohort=noise_cohort, colluding_sites=c)).to_record())
 
     @property
     def spent(self) -> float:

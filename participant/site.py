@@ -19,8 +19,10 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from federation.layout import upload_layout
+from federation.peers import PeerVerifier
 from federation.plan import FederationSettings
 from federation.secagg import secagg_config
+from federation.site_round import SiteRound
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned, Stopped
 from participant.config import SiteConfig
 from participant.ledger_sync import LedgerReporter, require_coordinator_head
@@ -37,14 +39,11 @@ from pfmh_model.training import flatten_state, unflatten_state
 from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
 from proto.tensors import from_tensor
-from security.consistency import SurvivorSignature
 from security.dp_cohort import noise_cohort
 from security.errors import BudgetExceeded, SecurityError, UnsafeConfiguration
-from security.pki import Role
-from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
+from security.pki_verify import load_certificate, load_crl
 from security.secagg_client import SecAggClient
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
-from security.signing import SigningKey, VerifyKey
+from security.signing import SigningKey
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +106,8 @@ class SiteDaemon:
         self.ca_cert = load_certificate(base / cfg.tls.ca_cert)
         self.crl = load_crl(base / cfg.tls.crl, ca_cert=self.ca_cert) if cfg.tls.crl else None
         self.signing_key = SigningKey.load(base / cfg.tls.signing_key, passphrase=None)
+        self.peers = PeerVerifier(self.ca_cert, self.crl, on_untrusted=lambda peer, exc: logger.warning(
+            "%s: %s's certificate is not trusted: %s", cfg.site, peer, exc))
 
     def _count(self, kind: str, sent: int, received: int) -> None:
         self.bytes["sent"] += sent
@@ -268,7 +269,7 @@ class SiteDaemon:
     def _round(self, config: pb.RoundConfig) -> None:
         started = time.perf_counter()
         sent0, received0 = self.bytes["sent"], self.bytes["received"]
-        fed, number = self.settings.federation_id, config.round
+        number = config.round
         if config.vector_length != self.layout.length:
             raise SiteMismatch(f"round {number} expects {config.vector_length} values, this site's model gives "
                                f"{self.layout.length}: the site and the coordinator build different models "
@@ -291,34 +292,22 @@ class SiteDaemon:
             vector = self._train(cohort_m)
         finally:
             self.interruptible = False
-        advert = self.secagg.advertise(number, list(config.cohort))
-        self.client.call("AdvertiseKeys", pb.AdvertiseKeysRequest(
-            federation_id=fed, round=number, share_public_key=advert.share_public_key,
-            mask_public_key=advert.mask_public_key, signature=advert.signature))
-        query = pb.PhaseQuery(federation_id=fed, round=number)
-        wait = config.train_timeout_s + 2 * config.phase_timeout_s
-        ads = self.client.poll("GetAdvertisements", query, deadline_s=wait)
-        directory, verify_keys = self._directory(fed, number, ads)
-        shares = self.secagg.share_keys(directory, verify_keys=verify_keys)
-        self.client.call("ShareKeys", pb.ShareKeysRequest(federation_id=fed, round=number, shares=[
-            pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]))
-        inbox = self.client.poll("GetShares", query, deadline_s=2 * config.phase_timeout_s)
-        received = [EncryptedShare(fed, number, s.sender, s.recipient, s.nonce, s.ciphertext) for s in inbox.shares]
-        epsilon = self.privacy.record([r for r in releases if r.mechanism == PROTOTYPE_MECHANISM], number,
-                                      what_without_dp=self.release.not_covered(),
-                                      noise_cohort=cohort_m)  # before release
-        masked = self.secagg.masked_input(received, vector)
-        self.client.call("SubmitMaskedInput", pb.MaskedInputRequest(
-            federation_id=fed, round=number, masked_uint64_le=masked.data, vector_length=masked.vector_length))
-        request = self.client.poll("GetUnmaskRequest", query, deadline_s=2 * config.phase_timeout_s)
-        response = self._unmask(query, UnmaskRequest(fed, number, tuple(request.survivors), tuple(request.dropouts)),
-                                verify_keys, 2 * config.phase_timeout_s)
-        self.client.call("Unmask", pb.UnmaskReply(
-            federation_id=fed, round=number,
-            self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],
-            mask_key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.mask_key_shares]))
-        result = self.client.poll("GetRoundResult", query, deadline_s=2 * config.phase_timeout_s)
-        self.privacy.record_sum(number, contributors=len(request.survivors), noise_cohort=cohort_m)
+
+        epsilons: list[float] = []  # the prototype release's charge, made just before the masked input leaves
+
+        def before_send(point: str) -> None:
+            if point == "masked_input":
+                epsilons.append(self.privacy.record([r for r in releases if r.mechanism == PROTOTYPE_MECHANISM],
+                                                    number, what_without_dp=self.release.not_covered(),
+                                                    noise_cohort=cohort_m))
+
+        secagg_round = SiteRound(secagg=self.secagg, transport=self.client, peers=self.peers, config=config,
+                                 federation_id=self.settings.federation_id,
+                                 consistency_check=self.settings.secagg.consistency_check, before_send=before_send)
+        result = secagg_round.run(vector)
+        epsilon = epsilons[-1]
+        told = secagg_round.told
+        self.privacy.record_sum(number, contributors=len(told.survivors) if told else 0, noise_cohort=cohort_m)
         self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
         self.completed_rounds += 1
         map_value = self.evaluate()
@@ -331,40 +320,6 @@ class SiteDaemon:
         self.on_round(RoundReport(number, True, map_value, epsilon, self.bytes["sent"] - sent0,
                                   self.bytes["received"] - received0, time.perf_counter() - started,
                                   f"{len(result.survivors)} survivors"))
-
-    def _unmask(self, query: pb.PhaseQuery, request: UnmaskRequest, verify_keys: dict[str, VerifyKey],
-                wait_s: float) -> UnmaskResponse:
-        """Phase 5 (5a first, unless the federation runs the semi-honest protocol): sign the survivor set we
-        were told, fetch our neighbourhood's signatures, and reveal shares only if enough of them agree."""
-        if not self.settings.secagg.consistency_check:
-            return self.secagg.unmask(request)
-        signed = self.secagg.sign_survivors(request)
-        self.client.call("SubmitSurvivorSignature", pb.SurvivorSignatureRequest(
-            federation_id=query.federation_id, round=query.round, signature=signed.signature))
-        bundle = self.client.poll("GetSurvivorSignatures", query, deadline_s=wait_s)
-        signatures = [SurvivorSignature(query.federation_id, query.round, s.site, s.signature)
-                      for s in bundle.signatures]
-        return self.secagg.unmask(request, signatures=signatures, verify_keys=verify_keys)
-
-    def _directory(self, fed: str, number: int, ads: pb.Advertisements) -> tuple[KeyDirectory, dict[str, VerifyKey]]:
-        """Peers' advertisements, with each signing key taken from a certificate this site verified itself.
-
-        The coordinator relays this site's and its graph neighbours' advertisements plus every advertiser's
-        id (from which the SecAgg client recomputes the round graph), or all advertisements for a full
-        graph. A peer whose certificate fails verification gets no verify key, so the SecAgg client
-        refuses the round if that peer is one of its neighbours.
-        """
-        adverts, keys = [], {}
-        for ad in ads.advertisements:
-            adverts.append(AdvertiseKeys(fed, number, ad.site, ad.share_public_key, ad.mask_public_key, ad.signature))
-            try:
-                identity = verify_peer_certificate(ad.certificate_pem, ca_cert=self.ca_cert, crl=self.crl,
-                                                   allowed_roles=(Role.SITE,), expected_id=ad.site)
-            except SecurityError as exc:
-                logger.warning("%s: %s's certificate is not trusted: %s", self.cfg.site, ad.site, exc)
-                continue
-            keys[identity.site_id] = VerifyKey(site_signing_public_key(load_certificate(ad.certificate_pem)))
-        return KeyDirectory(fed, number, tuple(adverts), tuple(ads.advertisers)), keys
 
     # ------------------------------------------------------------------ evaluation, reports, index
     def evaluate(self) -> float | None:

@@ -25,8 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from durable.atomic_file import atomic_write
 from security.errors import CertificateRejected, PkiError
-from security.pki import CA_CERT, CA_DIRNAME, Role, create_ca, load_ca, write_file_atomic
+from security.pki import CA_CERT, CA_DIRNAME, Role, create_ca, load_ca
 from security.pki_csr import sign_request
 from security.pki_issue import issue_certificate, issued_certificates, publish_crl, revoke
 from security.pki_verify import load_certificate, load_crl, verify_peer_certificate
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         cert = sign_request(ca=ca, csr_pem=args.csr.read_bytes(), expected_name=args.expect,
                             allowed_roles=(Role(args.role),), valid_days=args.valid_days)
         out = args.out or args.csr.with_suffix(".crt")
-        write_file_atomic(out, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        atomic_write(out, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         print(f"signed {args.role} {name!r} serial {cert.serial_number:x} valid until "
               f"{cert.not_valid_after_utc.isoformat()}: send {out} and {args.dir / CA_DIRNAME / CA_CERT} back")

@@ -38,6 +38,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from durable.atomic_file import fsync_path
 from security.errors import InvalidMessage, LedgerTampered, SecurityError, SignatureInvalid
 from security.signing import SigningKey, VerifyKey
 
@@ -191,14 +192,6 @@ def require_head(entries: Sequence[LedgerEntry], *, count: int, head_hash: str) 
         raise LedgerTampered(LedgerFault.HEAD_MISMATCH, count - 1, "differs from the head seen before")
 
 
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class Ledger:
     """An open, locked, append-only ledger file of one site (use ``Ledger.open``; close or use ``with``).
 
@@ -231,7 +224,7 @@ class Ledger:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             if created:
-                _fsync_dir(path.parent)
+                fsync_path(path.parent)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:

@@ -1,12 +1,13 @@
 """The ledger's record schema and the checks on it: epsilon recomputed, and the releases cross-checked
 against the coordinator's round log (numpy/cryptography only; both daemons use it, neither imports the other).
 
-Records (``LedgerEntry.record``) are written by ``participant.privacy.SitePrivacy``: ``dp_release`` (one
-per DP mechanism of an upload, fields :data:`RELEASE_FIELDS`), ``upload_without_dp`` (:data:`NO_DP_FIELDS`)
-and, in distributed mode after a completed round, ``dp_sum`` (:data:`SUM_FIELDS`: the noise the decoded sum
-carried; informative, it charges nothing). :func:`check_releases` checks their schema and that each recorded
-epsilon follows from the recorded history; :func:`cross_check` compares them with :class:`RoundWitness`
-records, the coordinator's own account of whose masked input entered which round's revealed sum.
+Records (``LedgerEntry.record``) are the types of ``security.ledger_records``, written by
+``participant.privacy.SitePrivacy``: ``dp_release`` (:class:`DpRelease`, one per DP mechanism of an upload),
+``upload_without_dp`` (:class:`UploadWithoutDp`) and, in distributed mode after a completed round, ``dp_sum``
+(:class:`DpSum`: the noise the decoded sum carried; informative, it charges nothing). :func:`check_releases`
+reads them back (``read_record`` checks each schema) and checks that each recorded epsilon follows from the
+recorded history; :func:`cross_check` compares them with :class:`RoundWitness` records, the coordinator's
+own account of whose masked input entered which round's revealed sum.
 
 Security:
     The cross-check closes what signatures cannot: a site that cut its ledger's tail (or never wrote an entry)
@@ -25,18 +26,10 @@ from typing import Any
 from security.accountant import epsilon_for
 from security.errors import UnsafeConfiguration
 from security.ledger import LedgerEntry
+from security.ledger_records import DpRelease, DpSum, MalformedRecord, UploadWithoutDp, read_record
 
 REL_TOL = 1e-9
-DP_RELEASE, NO_DP, DP_SUM = "dp_release", "upload_without_dp", "dp_sum"
-MECHANISMS = ("gaussian_prototype_statistics", "dp_sgd_shared_model", "dp_sgd_statistics_encoder")
-CHOICES = {"mechanism": MECHANISMS, "mode": ("local", "distributed"), "accountant": ("rdp", "prv")}
-RELEASE_FIELDS: dict[str, type] = {
-    "round": int, "mechanism": str, "mode": str, "noise_multiplier": float, "sensitivity": float,
-    "sample_rate": float, "steps": int, "delta": float, "epsilon": float, "epsilon_max": float,
-    "accountant": str, "covered": str, "not_covered": str}
-NO_DP_FIELDS: dict[str, type] = {"round": int, "what": str}
-SUM_FIELDS: dict[str, type] = {"round": int, "contributors": int, "noise_cohort": int, "colluding_sites": int,
-                               "sum_noise_multiplier": float}
+DP_RELEASE, NO_DP, DP_SUM = DpRelease.KIND, UploadWithoutDp.KIND, DpSum.KIND
 COMPLETED, ABORTED, INTERRUPTED = "completed", "aborted", "interrupted"
 
 
@@ -53,40 +46,39 @@ class AuditFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """One verified ledger entry: a DP release (``kind == "dp_release"``) or an upload without DP."""
+    """One verified ledger entry: a DP release or an upload without DP, with where it sits in the ledger."""
 
     seq: int
-    round: int
     time: str
-    kind: str
-    record: dict[str, Any]
+    entry: DpRelease | UploadWithoutDp
     epsilon_recomputed: float | None = None
 
+    @property
+    def round(self) -> int:
+        return self.entry.round
+
+    @property
+    def kind(self) -> str:
+        return self.entry.KIND
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The record as the ledger holds it (``kind`` and every field)."""
+        return self.entry.to_record()
+
     def get(self, key: str) -> Any:
+        """A field of the record by name (None where the record has no such field)."""
         return self.record.get(key)
 
     @property
     def budget_left(self) -> float | None:
         """``epsilon_max - epsilon`` after this release, never below 0 (None for an upload without DP)."""
-        if self.kind != DP_RELEASE:
-            return None
-        return max(0.0, float(self.record["epsilon_max"]) - float(self.record["epsilon"]))
+        return self.entry.budget_left if isinstance(self.entry, DpRelease) else None
 
 
 def last_release(releases: Sequence[Release]) -> Release | None:
     """The latest ``dp_release`` (it carries the whole history's epsilon), or None."""
     return next((r for r in reversed(releases) if r.kind == DP_RELEASE), None)
-
-
-def _field_error(record: dict[str, Any], fields: dict[str, type]) -> str | None:
-    for key, tp in fields.items():
-        value = record.get(key)
-        numeric = tp is float and isinstance(value, int | float)
-        if value is None or isinstance(value, bool) or not (numeric or isinstance(value, tp)):
-            return f"field {key!r} = {value!r} is missing or not {tp.__name__}"
-        if key in CHOICES and value not in CHOICES[key]:
-            return f"field {key!r} = {value!r} is not one of {CHOICES[key]}"
-    return None
 
 
 def check_releases(entries: Sequence[LedgerEntry], *, site: str) -> tuple[Release, ...]:
@@ -103,41 +95,37 @@ def check_releases(entries: Sequence[LedgerEntry], *, site: str) -> tuple[Releas
     out: list[Release] = []
     last_round = -1
     for e in entries:
-        rec = e.record
-        kinds = {DP_RELEASE: RELEASE_FIELDS, NO_DP: NO_DP_FIELDS, DP_SUM: SUM_FIELDS}
-        fields = kinds.get(rec.get("kind"))  # type: ignore[arg-type]
-        bad = (f"kind {rec.get('kind')!r} is not one of {tuple(kinds)}" if fields is None
-               else _field_error(rec, fields))
-        if bad:
-            raw = rec.get("round")
-            raise AuditFailed(site, "malformed_record", f"{bad}; the ledger is not from a compatible "
-                              "pfmh-participant", seq=e.seq, round_number=raw if isinstance(raw, int) else None)
-        rnd: int = rec["round"]
-        if rnd < last_round:
-            raise AuditFailed(site, "round_order", f"round {rnd} recorded after round {last_round}",
-                              seq=e.seq, round_number=rnd)
-        last_round = rnd
-        if rec["kind"] == DP_SUM:  # checked, not charged: the releases of the round were charged already
-            continue
-        if rec["kind"] == NO_DP:
-            out.append(Release(e.seq, rnd, e.time, NO_DP, rec))
-            continue
-        history.append((rec["noise_multiplier"], rec["sample_rate"], rec["steps"]))
         try:
-            recomputed = epsilon_for(history, rec["delta"], rec["accountant"])
+            rec = read_record(e.record)
+        except MalformedRecord as exc:
+            raw = e.record.get("round")
+            raise AuditFailed(site, "malformed_record", f"{exc}; the ledger is not from a compatible "
+                              "pfmh-participant", seq=e.seq,
+                              round_number=raw if isinstance(raw, int) else None) from exc
+        if rec.round < last_round:
+            raise AuditFailed(site, "round_order", f"round {rec.round} recorded after round {last_round}",
+                              seq=e.seq, round_number=rec.round)
+        last_round = rec.round
+        if isinstance(rec, DpSum):  # checked, not charged: the releases of the round were charged already
+            continue
+        if isinstance(rec, UploadWithoutDp):
+            out.append(Release(e.seq, e.time, rec))
+            continue
+        history.append((rec.noise_multiplier, rec.sample_rate, rec.steps))
+        try:
+            recomputed = epsilon_for(history, rec.delta, rec.accountant)
         except UnsafeConfiguration as exc:
-            raise AuditFailed(site, "malformed_record", str(exc), seq=e.seq, round_number=rnd) from exc
-        recorded = float(rec["epsilon"])
-        if not math.isclose(recorded, recomputed, rel_tol=REL_TOL, abs_tol=0.0):
-            raise AuditFailed(site, "epsilon_mismatch", f"recorded epsilon {recorded!r} but the {len(history)} "
-                              f"recorded releases give {recomputed!r} ({rec['accountant']}, delta "
-                              f"{rec['delta']:g}); the ledger understates or misstates the spent budget",
-                              seq=e.seq, round_number=rnd)
-        if recorded > rec["epsilon_max"] * (1 + REL_TOL):
-            raise AuditFailed(site, "budget_exceeded", f"epsilon {recorded:.6g} > epsilon_max "
-                              f"{rec['epsilon_max']:.6g}; the site released past its budget",
-                              seq=e.seq, round_number=rnd)
-        out.append(Release(e.seq, rnd, e.time, DP_RELEASE, rec, recomputed))
+            raise AuditFailed(site, "malformed_record", str(exc), seq=e.seq, round_number=rec.round) from exc
+        if not math.isclose(rec.epsilon, recomputed, rel_tol=REL_TOL, abs_tol=0.0):
+            raise AuditFailed(site, "epsilon_mismatch", f"recorded epsilon {rec.epsilon!r} but the {len(history)} "
+                              f"recorded releases give {recomputed!r} ({rec.accountant}, delta "
+                              f"{rec.delta:g}); the ledger understates or misstates the spent budget",
+                              seq=e.seq, round_number=rec.round)
+        if rec.epsilon > rec.epsilon_max * (1 + REL_TOL):
+            raise AuditFailed(site, "budget_exceeded", f"epsilon {rec.epsilon:.6g} > epsilon_max "
+                              f"{rec.epsilon_max:.6g}; the site released past its budget",
+                              seq=e.seq, round_number=rec.round)
+        out.append(Release(e.seq, e.time, rec, recomputed))
     return tuple(out)
 
 
@@ -147,11 +135,11 @@ def round_summary(releases: Sequence[Release]) -> list[dict[str, Any]]:
     epsilon, left = 0.0, None
     for r in releases:
         row = rounds.setdefault(r.round, {"round": r.round, "mechanisms": [], "uploads_without_dp": []})
-        if r.kind == DP_RELEASE:
-            row["mechanisms"].append(r.get("mechanism"))
-            epsilon, left = float(r.get("epsilon")), r.budget_left
+        if isinstance(r.entry, DpRelease):
+            row["mechanisms"].append(r.entry.mechanism)
+            epsilon, left = r.entry.epsilon, r.entry.budget_left
         else:
-            row["uploads_without_dp"].append(r.get("what"))
+            row["uploads_without_dp"].append(r.entry.what)
         row.update(epsilon=epsilon, budget_left=left, all_dp=not row["uploads_without_dp"])
     return [rounds[k] for k in sorted(rounds)]
 
@@ -199,10 +187,10 @@ def cross_check(releases: Sequence[Release], witnesses: Mapping[int, RoundWitnes
                               f"dp_release for that round ({ends}); the ledger was cut or entries are missing",
                               round_number=w.round)
     for rnd in dp_rounds:
-        w = witnesses.get(rnd)
-        if w is None or site not in w.cohort:
-            why = ("the coordinator's round log has no such round" if w is None
-                   else f"the round's cohort was {', '.join(sorted(w.cohort)) or 'empty'}")
+        witness = witnesses.get(rnd)
+        if witness is None or site not in witness.cohort:
+            why = ("the coordinator's round log has no such round" if witness is None
+                   else f"the round's cohort was {', '.join(sorted(witness.cohort)) or 'empty'}")
             seq = next(r.seq for r in releases if r.round == rnd and r.kind == DP_RELEASE)
             raise AuditFailed(site, "release_unwitnessed", f"the ledger records a dp_release for a round in "
                               f"which this site was not in the cohort ({why})", seq=seq, round_number=rnd)

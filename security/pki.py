@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
+from durable.atomic_file import atomic_write
 from security.errors import PkiError
 
 SIGNING_KEY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.55555.1.1")
@@ -88,27 +87,6 @@ def spiffe_id(federation_id: str, role: Role, name: str) -> str:
     return f"spiffe://{federation_id}/{role.value}/{name}"
 
 
-def write_file_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode``: fsynced temporary file, ``os.replace``, directory fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def private_key_pem(key: PrivateKeyTypes, *, passphrase: bytes | None) -> bytes:
     """PKCS#8 PEM of ``key``: encrypted with ``passphrase`` when given, explicitly unencrypted otherwise."""
     algorithm: serialization.KeySerializationEncryption = (
@@ -161,8 +139,8 @@ def create_ca(*, federation_id: str, out_dir: Path | str, valid_days: int = 3650
             .add_extension(key_usage(key_cert_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    write_file_atomic(ca_dir / CA_KEY, private_key_pem(key, passphrase=passphrase), mode=0o600)
-    write_file_atomic(ca_dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    atomic_write(ca_dir / CA_KEY, private_key_pem(key, passphrase=passphrase), mode=0o600)
+    atomic_write(ca_dir / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     ca = CertificateAuthority(federation_id=federation_id, root=root, cert=cert, key=key)
     publish_crl(ca=ca, now=start)
     return ca

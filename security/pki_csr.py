@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
+from durable.atomic_file import atomic_write
 from security import pki
 from security.errors import CertificateRejected, PkiError
 from security.pki import CertificateAuthority, Role
@@ -81,10 +82,10 @@ def create_request(*, federation_id: str, name: str, directory: Path | str, role
            .add_extension(x509.UnrecognizedExtension(SIGNING_POP_OID, pop), critical=False)
            .sign(tls_key, hashes.SHA256()))
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pki.write_file_atomic(folder / pki.TLS_KEY, pki.private_key_pem(tls_key, passphrase=None), mode=0o600)
+    atomic_write(folder / pki.TLS_KEY, pki.private_key_pem(tls_key, passphrase=None), mode=0o600)
     if not renew:
-        pki.write_file_atomic(signing_path, pki.private_key_pem(signing_key, passphrase=None), mode=0o600)
-    pki.write_file_atomic(folder / REQUEST_FILE, csr.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        atomic_write(signing_path, pki.private_key_pem(signing_key, passphrase=None), mode=0o600)
+    atomic_write(folder / REQUEST_FILE, csr.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return folder / REQUEST_FILE
 
 
@@ -183,6 +184,6 @@ def install_certificate(*, directory: Path | str, cert_pem: bytes, ca_cert_pem: 
     if signing.public_key() != site_signing_public_key(cert):
         raise PkiError(f"the certificate binds another signing key than {folder / pki.SIGNING_KEY}")
     pem = serialization.Encoding.PEM
-    pki.write_file_atomic(folder / pki.TLS_CERT, cert.public_bytes(pem), mode=0o644)
-    pki.write_file_atomic(folder / pki.CA_CERT, ca_cert.public_bytes(pem), mode=0o644)
+    atomic_write(folder / pki.TLS_CERT, cert.public_bytes(pem), mode=0o644)
+    atomic_write(folder / pki.CA_CERT, ca_cert.public_bytes(pem), mode=0o644)
     return identity

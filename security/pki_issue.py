@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from durable.atomic_file import atomic_write
 from security import pki
 from security.errors import PkiError
 from security.pki import CertificateAuthority, Role
@@ -136,7 +137,7 @@ def issue_certificate(*, ca: CertificateAuthority, role: Role, name: str,
                                  (pki.SIGNING_KEY, pki.private_key_pem(signing_key, passphrase=None), 0o600),
                                  (pki.TLS_CERT, cert.public_bytes(pem), 0o644),
                                  (pki.CA_CERT, ca.cert.public_bytes(pem), 0o644)):
-        pki.write_file_atomic(directory / filename, data, mode=mode)
+        atomic_write(directory / filename, data, mode=mode)
     return IssuedIdentity(directory=directory, cert=cert, cert_path=directory / pki.TLS_CERT,
                           key_path=directory / pki.TLS_KEY, signing_key_path=directory / pki.SIGNING_KEY,
                           ca_cert_path=directory / pki.CA_CERT)
@@ -193,7 +194,7 @@ def read_index(root: Path | str) -> dict[str, Any]:
 
 def _write_index(root: Path, index: dict[str, Any]) -> None:
     data = json.dumps(index, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-    pki.write_file_atomic(root / pki.CA_DIRNAME / pki.INDEX_FILE, data, mode=0o644)
+    atomic_write(root / pki.CA_DIRNAME / pki.INDEX_FILE, data, mode=0o644)
 
 
 def issued_certificates(root: Path | str) -> list[IssuedCertificate]:
@@ -258,5 +259,5 @@ def publish_crl(*, ca: CertificateAuthority, valid_days: int = 30,
     crl = builder.sign(ca.key, hashes.SHA256())
     _write_index(ca.root, index)  # first: a crash in between skips a CRL number, never reuses one
     crl_pem = crl.public_bytes(serialization.Encoding.PEM)
-    pki.write_file_atomic(ca.root / pki.CA_DIRNAME / pki.CRL_FILE, crl_pem, mode=0o644)
+    atomic_write(ca.root / pki.CA_DIRNAME / pki.CRL_FILE, crl_pem, mode=0o644)
     return crl

@@ -28,7 +28,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -36,27 +35,32 @@ import numpy.typing as npt
 
 from security import fixed_point, shamir, share_encryption
 from security.consistency import (
-    DIGEST_BYTES,
     SurvivorSignature,
     SurvivorView,
     graph_digest,
     sign_view,
-    valid_signers,
 )
 from security.context import BROADCAST, SessionContext
 from security.errors import (
     InvalidMessage,
     RoundAborted,
     SecurityError,
-    ShareInvalid,
-    SignatureInvalid,
     StageOutOfOrder,
 )
 from security.key_agreement import AgreementPrivateKey, AgreementPublicKey, derive_mask_seed, derive_share_key
 from security.masking import PairwiseMask, apply_masks
 from security.neighbours import neighbours, round_seed
 from security.prg import MaskSeed
-from security.secagg_config import RoundPlan, SecAggConfig
+from security.secagg_client_round import (
+    ClientRound,
+    check_header,
+    check_holder_signatures,
+    check_unmask_request,
+    need,
+    open_share,
+    verify_advertisement,
+)
+from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
     AdvertiseKeys,
     EncryptedShare,
@@ -66,49 +70,12 @@ from security.secagg_messages import (
     UnmaskRequest,
     UnmaskResponse,
     pack_share_pair,
-    unpack_share_pair,
 )
-from security.signing import SigningKey, VerifyKey, sign_key_bundle, verify_key_bundle
+from security.signing import SigningKey, VerifyKey, sign_key_bundle
 from security.stages import Stage, check_transition
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-
-def _need(value: _T | None) -> _T:
-    """A secret that the current stage must still hold (cleared secrets mean the round is over)."""
-    if value is None:
-        raise StageOutOfOrder("this round's secrets were already used and cleared; start a new round")
-    return value
-
-
-@dataclass(slots=True, repr=False)
-class _ClientRound:
-    """State of one round; fields stay None until their stage fills them, secrets are cleared after use."""
-
-    round: int
-    cohort: frozenset[str]
-    plan: RoundPlan
-    share_key: AgreementPrivateKey | None
-    mask_key: AgreementPrivateKey | None
-    advertisement: AdvertiseKeys
-    peers: dict[str, AdvertiseKeys] | None = None          # verified advertisements of graph neighbours
-    indices: dict[str, int] | None = None                   # Shamir x-coordinate of every advertised site
-    graph: dict[str, frozenset[str]] | None = None          # this site's view of the round graph
-    graph_digest: bytes = b""                               # digest of the advertiser list it came from
-    view: SurvivorView | None = None                        # the survivor view this site signed
-    self_seed: MaskSeed | None = None
-    own_shares: tuple[shamir.Share, shamir.Share] | None = None
-    held: dict[str, tuple[shamir.Share, shamir.Share]] = field(default_factory=dict)  # owner -> (key, seed)
-
-
-def _verify(adv: AdvertiseKeys, verify_keys: Mapping[str, VerifyKey]) -> None:
-    if adv.site_id not in verify_keys:
-        raise SignatureInvalid(f"no trusted verify key for {adv.site_id!r}; load its certificate")
-    verify_key_bundle(verify_key=verify_keys[adv.site_id], context=adv.context(),
-                      share_public_key=AgreementPublicKey.from_bytes(adv.share_public_key),
-                      mask_public_key=AgreementPublicKey.from_bytes(adv.mask_public_key),
-                      signature=adv.signature)
 
 
 class SecAggClient:
@@ -134,7 +101,7 @@ class SecAggClient:
         self._signing_key = signing_key
         self._rng = rng_source
         self._stage = Stage.IDLE
-        self._state: _ClientRound | None = None
+        self._state: ClientRound | None = None
         self._last_round = -1
 
     def __repr__(self) -> str:
@@ -146,9 +113,9 @@ class SecAggClient:
         return self._stage
 
     @contextmanager
-    def _phase(self, target: Stage) -> Iterator[_ClientRound]:
+    def _phase(self, target: Stage) -> Iterator[ClientRound]:
         check_transition(self._stage, target)
-        state = _need(self._state)
+        state = need(self._state)
         try:
             yield state
         except SecurityError as exc:
@@ -187,14 +154,13 @@ class SecAggClient:
         message = AdvertiseKeys(self._config.federation_id, round_number, self._site, pk_c.to_bytes(),
                                 pk_s.to_bytes(), signature)
         self._last_round = round_number
-        self._state = _ClientRound(round_number, frozenset(cohort), plan, share_key, mask_key, message)
+        self._state = ClientRound(round_number, frozenset(cohort), plan, share_key, mask_key, message)
         self._stage = Stage.ADVERTISE_KEYS
         return message
 
-    def _check_header(self, state: _ClientRound, federation_id: str, round_number: int) -> None:
-        if federation_id != self._config.federation_id or round_number != state.round:
-            raise InvalidMessage(f"message for ({federation_id!r}, round {round_number}) but this round is "
-                                 f"({self._config.federation_id!r}, {state.round}); drop it")
+    def _check_header(self, state: ClientRound, federation_id: str, round_number: int) -> None:
+        check_header(state, federation_id=self._config.federation_id, got_federation=federation_id,
+                     got_round=round_number)
 
     def share_keys(self, directory: KeyDirectory, *,
                    verify_keys: Mapping[str, VerifyKey]) -> list[EncryptedShare]:
@@ -241,7 +207,7 @@ class SecAggClient:
             for peer in mine:  # only neighbours' keys are ever used, so only their signatures matter
                 if peer not in adverts:
                     raise InvalidMessage(f"directory lacks the advertisement of neighbour {peer!r}")
-                _verify(adverts[peer], verify_keys)
+                verify_advertisement(adverts[peer], verify_keys)
             state.indices = {site: pos + 1 for pos, site in enumerate(order)}
             state.peers = {site: adverts[site] for site in mine}
             state.graph, state.graph_digest = graph, graph_digest(order)
@@ -250,7 +216,7 @@ class SecAggClient:
                 raise RoundAborted(f"{len(holders)} share holders < threshold {t}")
             xs = [state.indices[h] for h in holders]
             state.self_seed = MaskSeed.generate(self._rng)
-            mask_key, share_key = _need(state.mask_key), _need(state.share_key)
+            mask_key, share_key = need(state.mask_key), need(state.share_key)
             key_shares = shamir.split(mask_key.export_secret_bytes(), threshold=t, indices=xs,
                                       rng_source=self._rng)
             seed_shares = shamir.split(state.self_seed.export_secret_bytes(), threshold=t, indices=xs,
@@ -288,8 +254,8 @@ class SecAggClient:
             RoundAborted: fewer than t - 1 neighbours sent shares.
         """
         with self._phase(Stage.MASKED_INPUT) as state:
-            peers, indices = _need(state.peers), _need(state.indices)
-            share_key, mask_key = _need(state.share_key), _need(state.mask_key)
+            peers, indices = need(state.peers), need(state.indices)
+            share_key, mask_key = need(state.share_key), need(state.mask_key)
             values = np.asarray(vector, dtype=np.float64)
             if values.shape != (self._config.vector_length,):
                 raise InvalidMessage(f"input shape {values.shape} != ({self._config.vector_length},) "
@@ -300,20 +266,8 @@ class SecAggClient:
                 if message.recipient != self._site or sender not in peers or sender in state.held:
                     raise InvalidMessage(f"share from {sender!r} to {message.recipient!r} is not from a "
                                          f"neighbour of {self._site!r} or is a duplicate")
-                context = message.context()
-                aead_key = derive_share_key(private_key=share_key, context=context,
-                                            peer_public_key=AgreementPublicKey.from_bytes(
-                                                peers[sender].share_public_key))
-                plaintext = share_encryption.open(
-                    key=aead_key, context=context,
-                    ciphertext=share_encryption.Ciphertext(message.nonce, message.ciphertext))
-                if plaintext[:DIGEST_BYTES] != state.graph_digest:
-                    raise ShareInvalid(f"share from {sender!r} was made for another advertiser list (round "
-                                       f"graph); the coordinator sent the two sites different directories")
-                raw_key, raw_seed = unpack_share_pair(plaintext[DIGEST_BYTES:])
-                pair = (shamir.Share.from_bytes(raw_key), shamir.Share.from_bytes(raw_seed))
-                if any(s.index != indices[self._site] for s in pair):
-                    raise ShareInvalid(f"share from {sender!r} carries another holder's index")
+                pair = open_share(state, message, share_key=share_key, peer=peers[sender],
+                                  own_index=indices[self._site])
                 state.held[sender] = pair
             t = state.plan.threshold
             if len(state.held) + 1 < t:
@@ -324,35 +278,13 @@ class SecAggClient:
                 private_key=mask_key, peer_public_key=AgreementPublicKey.from_bytes(peers[v].mask_public_key),
                 context=SessionContext.pair(self._config.federation_id, state.round, self._site, v)),
                 self._site, v) for v in sorted(state.held)]
-            apply_masks(encoded, self_seed=_need(state.self_seed), pairwise=pairwise,
+            apply_masks(encoded, self_seed=need(state.self_seed), pairwise=pairwise,
                         algorithm=self._config.prg)
-            state.held[self._site] = _need(state.own_shares)
+            state.held[self._site] = need(state.own_shares)
             state.share_key = state.mask_key = state.self_seed = state.own_shares = None
             message_out = MaskedInput.from_vector(self._config.federation_id, state.round, self._site,
                                                   encoded)
         return message_out
-
-    def _check_request(self, state: _ClientRound, request: UnmaskRequest) -> None:
-        self._check_header(state, request.federation_id, request.round)
-        survivors, dropouts = set(request.survivors), set(request.dropouts)
-        if len(survivors) != len(request.survivors) or len(dropouts) != len(request.dropouts):
-            raise InvalidMessage("unmask request names a site twice in one list")
-        if survivors & dropouts:
-            raise InvalidMessage(f"unmask request names {sorted(survivors & dropouts)} as both survivor "
-                                 f"and dropout; revealing both secrets would expose their input")
-        if self._site not in survivors:
-            raise InvalidMessage(f"unmask request does not list {self._site!r} among survivors")
-        known = _need(state.indices)
-        if not (survivors | dropouts) <= known.keys():
-            raise InvalidMessage(f"unmask request names sites that did not advertise: "
-                                 f"{sorted((survivors | dropouts) - known.keys())}")
-        stray = (survivors | dropouts) & (_need(state.peers).keys() - state.held.keys())
-        if stray:
-            raise InvalidMessage(f"neighbours {sorted(stray)} never shared keys with {self._site!r} "
-                                 f"but are listed; refuse the inconsistent request")
-        t = state.plan.threshold
-        if len(survivors) < t:
-            raise RoundAborted(f"{len(survivors)} survivors < threshold {t}")
 
     def sign_survivors(self, request: UnmaskRequest) -> SurvivorSignature:
         """Phase 5a (consistency check): check the unmask request, then sign the view it gives this site.
@@ -368,8 +300,8 @@ class SecAggClient:
         if not self._config.consistency_check:
             raise StageOutOfOrder("this federation runs without the consistency check; call unmask directly")
         with self._phase(Stage.CONSISTENCY_CHECK) as state:
-            self._check_request(state, request)
-            order = tuple(sorted(_need(state.indices)))
+            check_unmask_request(state, request, site=self._site, federation_id=self._config.federation_id)
+            order = tuple(sorted(need(state.indices)))
             state.view = SurvivorView(self._config.federation_id, state.round, order,
                                       tuple(sorted(request.survivors)), tuple(sorted(request.dropouts)))
             signature = sign_view(signing_key=self._signing_key, view=state.view, signer=self._site)
@@ -402,17 +334,18 @@ class SecAggClient:
                                   f"in stage {self._stage}")
         with self._phase(Stage.UNMASK) as state:
             if self._config.consistency_check:
-                view = _need(state.view)
+                view = need(state.view)
                 if (request.federation_id, request.round, tuple(sorted(request.survivors)),
                         tuple(sorted(request.dropouts))) != (view.federation_id, view.round, view.survivors,
                                                              view.dropouts):
                     raise InvalidMessage("unmask request differs from the survivor view this site signed")
             else:
-                self._check_request(state, request)
+                check_unmask_request(state, request, site=self._site, federation_id=self._config.federation_id)
             survivors, dropouts = set(request.survivors), set(request.dropouts)
             owners = sorted((survivors | dropouts) & state.held.keys())
             if self._config.consistency_check:
-                self._check_signatures(state, owners, signatures, verify_keys or {})
+                check_holder_signatures(state, owners, signatures, verify_keys or {}, site=self._site,
+                                        own_key=self._signing_key.verify_key())
             seed_shares = tuple(RevealedShare(o, state.held[o][1].to_bytes())
                                 for o in sorted(survivors & state.held.keys()))
             key_shares = tuple(RevealedShare(o, state.held[o][0].to_bytes())
@@ -423,29 +356,3 @@ class SecAggClient:
         self._stage = Stage.DONE
         self._state = None
         return response
-
-    def _check_signatures(self, state: _ClientRound, owners: Sequence[str],
-                          signatures: Sequence[SurvivorSignature], verify_keys: Mapping[str, VerifyKey]) -> None:
-        """All or nothing: t valid signatures on this site's view from the holders of every owner revealed."""
-        view, graph, t = _need(state.view), _need(state.graph), state.plan.threshold
-        own = self._signing_key.verify_key()
-        if verify_keys.get(self._site, own) != own:
-            raise SignatureInvalid(f"the verify key given for {self._site!r} is not this site's own")
-        relayed = [s for s in signatures if s.site_id != self._site]
-        signers = valid_signers(view=view, signatures=relayed, verify_keys=verify_keys) | {self._site}
-        survivors = set(view.survivors)
-
-        def enough(owner: str) -> None:
-            count = len(signers & (graph[owner] | {owner}) & survivors)
-            if count < t:
-                raise RoundAborted(f"only {count} of {owner!r}'s holders signed this site's survivor set "
-                                   f"< threshold {t}; the coordinator may be showing sites different sets")
-
-        for owner in owners:
-            enough(owner)
-            if owner in survivors:  # its self seed is revealed: it must vouch for the set, and so must
-                if owner not in signers:  # t holders of each survivor its input is masked with
-                    raise RoundAborted(f"{owner!r} is listed as a survivor but did not sign this survivor set; "
-                                       f"its self seed stays hidden")
-                for peer in sorted(graph[owner] & survivors):
-                    enough(peer)

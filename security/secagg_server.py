@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from security import fixed_point, shamir
 from security.consistency import SurvivorSignature, SurvivorView, verify_view
@@ -46,43 +44,12 @@ from security.secagg_messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from security.secagg_server_round import AggregateResult, ServerRound, compact_directory, revealed_shares
 from security.signing import VerifyKey, verify_key_bundle
 from security.stages import Stage, check_transition, require_stage
 
 logger = logging.getLogger(__name__)
 CHECK_HOPS = 3  # a survivor counts signatures of the holders of its neighbours' holders
-
-
-@dataclass(frozen=True, slots=True)
-class AggregateResult:
-    """Outcome of a finished round.
-
-    Shape:
-        total: (vector_length,) float64, the sum of the survivors' inputs (within survivors * 2^-(f+1)).
-    """
-
-    total: npt.NDArray[np.float64]
-    survivors: tuple[str, ...]
-    dropouts: tuple[str, ...]
-
-
-@dataclass(slots=True, repr=False)
-class _ServerRound:
-    """Round state; each field is filled by its stage."""
-
-    plan: RoundPlan
-    adverts: dict[str, AdvertiseKeys] = field(default_factory=dict)                 # A1
-    graph: dict[str, frozenset[str]] | None = None
-    indices: dict[str, int] | None = None
-    sealed: dict[str, tuple[EncryptedShare, ...]] = field(default_factory=dict)    # A2 -> its shares
-    masked_sum: npt.NDArray[np.uint64] | None = None
-    submitted: set[str] = field(default_factory=set)                                # A3
-    dropouts: tuple[str, ...] = ()
-    request: UnmaskRequest | None = None
-    signatures: dict[str, SurvivorSignature] = field(default_factory=dict)         # A4 (consistency check)
-    seed_shares: dict[str, list[shamir.Share]] = field(default_factory=dict)        # survivor -> shares
-    key_shares: dict[str, list[shamir.Share]] = field(default_factory=dict)         # dropout -> shares
-    responded: set[str] = field(default_factory=set)
 
 
 class SecAggServer:
@@ -110,7 +77,7 @@ class SecAggServer:
         self._config = config
         self._cohort = frozenset(cohort)
         self._round = round_number
-        self._state: _ServerRound | None = _ServerRound(config.plan(len(cohort)))
+        self._state: ServerRound | None = ServerRound(config.plan(len(cohort)))
         self._stage = Stage.ADVERTISE_KEYS
 
     def __repr__(self) -> str:
@@ -126,7 +93,7 @@ class SecAggServer:
         """k, t and neighbourhood size of this round."""
         return self._live().plan
 
-    def _live(self) -> _ServerRound:
+    def _live(self) -> ServerRound:
         if self._state is None:
             raise RoundAborted(f"round {self._round} is over (stage {self._stage}); start a new SecAggServer")
         return self._state
@@ -140,7 +107,7 @@ class SecAggServer:
         return RoundAborted(reason)
 
     def _check(self, stage: Stage, action: str, sender: str, federation_id: str, round_number: int,
-               site_id: str, allowed: Mapping[str, object] | frozenset[str] | set[str]) -> _ServerRound:
+               site_id: str, allowed: Mapping[str, object] | frozenset[str] | set[str]) -> ServerRound:
         require_stage(self._stage, stage, action=action)
         state = self._live()
         if federation_id != self._config.federation_id or round_number != self._round:
@@ -205,19 +172,9 @@ class SecAggServer:
         O(k); for a full graph it equals :meth:`close_advertisements`'s result.
         """
         require_stage(self._stage, Stage.SHARE_KEYS, action="directory_for")
-        state = self._live()
-        graph = state.graph or {}
-        if site not in graph:
-            raise InvalidMessage(f"{site!r} did not advertise keys this round")
-        order = tuple(sorted(state.adverts))
-        # with the consistency check a site also counts signatures of the holders of its neighbours'
-        # holders (three hops), so it gets their certificates here
-        near = within_hops(graph, site, CHECK_HOPS) if self._config.consistency_check else graph[site] | {site}
-        if len(near) == len(order):
-            return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in order))
-        members = sorted(near)
-        return KeyDirectory(self._config.federation_id, self._round, tuple(state.adverts[s] for s in members),
-                            order)
+        return compact_directory(self._live(), site, federation_id=self._config.federation_id,
+                                 round_number=self._round,
+                                 hops=CHECK_HOPS if self._config.consistency_check else 1)
 
     # Phase 3 ---------------------------------------------------------------------------------------
     def receive_shares(self, sender: str, shares: Sequence[EncryptedShare]) -> None:
@@ -344,25 +301,7 @@ class SecAggServer:
                             message.site_id, self._live().submitted)
         if sender in state.responded:
             raise InvalidMessage(f"duplicate UnmaskResponse from {sender!r}")
-        graph, indices = state.graph or {}, state.indices or {}
-        parsed: list[tuple[dict[str, list[shamir.Share]], str, shamir.Share]] = []
-        for kind, items, owners in (("self-seed", message.self_seed_shares, state.submitted),
-                                    ("mask-key", message.mask_key_shares, set(state.dropouts))):
-            target = state.seed_shares if kind == "self-seed" else state.key_shares
-            for item in items:
-                if item.owner not in owners:
-                    raise InvalidMessage(f"{sender!r} sent a {kind} share of {item.owner!r}, which is not "
-                                         f"a {'survivor' if kind == 'self-seed' else 'dropout'}")
-                if sender != item.owner and sender not in graph[item.owner]:
-                    raise InvalidMessage(f"{sender!r} cannot hold a share of non-neighbour {item.owner!r}")
-                share = shamir.Share.from_bytes(item.share)
-                if share.index != indices[sender]:
-                    raise InvalidMessage(f"{sender!r} sent a share with index {share.index}, "
-                                         f"expected its own index {indices[sender]}")
-                parsed.append((target, item.owner, share))
-        owners_seen = [(id(target), owner) for target, owner, _ in parsed]
-        if len(set(owners_seen)) != len(owners_seen):
-            raise InvalidMessage(f"UnmaskResponse from {sender!r} repeats an owner")
+        parsed = revealed_shares(state, sender, message)
         for target, owner, share in parsed:
             target.setdefault(owner, []).append(share)
         state.responded.add(sender)

@@ -11,8 +11,6 @@ References:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -20,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat
 
+from durable.atomic_file import atomic_write
 from security.context import SessionContext
 from security.errors import KeyFormatError, SignatureInvalid
 from security.key_agreement import AgreementPublicKey
@@ -118,19 +117,8 @@ class SigningKey:
         return self._key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, algorithm)
 
     def save(self, path: Path, *, passphrase: bytes | None) -> None:
-        """Write :meth:`to_pem` atomically to ``path`` with file mode 0600."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.to_pem(passphrase=passphrase))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write :meth:`to_pem` atomically to ``path`` with file mode 0600 (file and folder fsynced)."""
+        atomic_write(path, self.to_pem(passphrase=passphrase), mode=0o600)
 
     def verify_key(self) -> VerifyKey:
         """The matching public key."""

@@ -17,17 +17,19 @@ import numpy as np
 
 from coordinator.config import CoordinatorConfig, ServerSettings, TlsSettings
 from coordinator.server import run_server
+from federation import codec
+from federation.peers import PeerVerifier
 from federation.plan import FederationSettings, PrivacySettings, SecAggSettings
 from federation.secagg import secagg_config
+from federation.site_round import RoundAbandoned, SiteRound
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import PROTOCOL_VERSION
-from security.consistency import SurvivorSignature
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
-from security.pki_verify import load_certificate, site_signing_public_key
+from security.pki_verify import load_certificate
 from security.secagg_client import SecAggClient
-from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
+from security.secagg_messages import AdvertiseKeys
 from security.signing import SigningKey, VerifyKey
 
 FED = "testfed"
@@ -87,21 +89,42 @@ def channel(port: int, key: bytes, cert: bytes, ca: bytes) -> grpc.Channel:
     return grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "localhost")])
 
 
+class _StubTransport:
+    """A bare stub as a ``federation.site_round.Transport``: no retries; polls give up after ``timeout_s``."""
+
+    def __init__(self, name: str, stub: pb_grpc.FederationStub, timeout_s: float = 30) -> None:
+        self.name, self.stub, self.timeout_s = name, stub, timeout_s
+
+    def call(self, method: str, request: object) -> object:
+        return getattr(self.stub, method)(request, timeout=10)
+
+    def poll(self, method: str, request: pb.PhaseQuery, *, deadline_s: float = 0.0) -> object:
+        until = time.monotonic() + self.timeout_s  # the tests' own limit, not the phase deadline
+        while time.monotonic() < until:
+            reply = getattr(self.stub, method)(request, timeout=10)
+            if reply.status != pb.PENDING:
+                return reply
+        raise TimeoutError(f"{self.name}: {method} still pending after {self.timeout_s}s")
+
+
 class ScriptedSite:
-    """A participant driven step by step with the real SecAggClient over a real mTLS channel."""
+    """A participant driven phase by phase (``federation.site_round.SiteRound``) with the real SecAggClient
+    over a real mTLS channel; a phase that finds the round ended aborts the client and returns that reply."""
 
     def __init__(self, name: str, port: int, pki: Pki, settings: FederationSettings, vector_length: int) -> None:
         self.name = name
         key, cert, ca = pki.site_files(name)
         self.channel = channel(port, key, cert, ca)
         self.stub = pb_grpc.FederationStub(self.channel)
+        self.transport = _StubTransport(name, self.stub)
         self.ca_cert = load_certificate(ca)
+        self.peers = PeerVerifier(self.ca_cert)
         self.secagg = SecAggClient(name, signing_key=SigningKey.load(pki.root / name / "signing.key", passphrase=None),
                                    config=secagg_config(settings, vector_length=vector_length))
         self.round = 0
         self.settings = settings
+        self.current: SiteRound | None = None
         self.told: pb.UnmaskRequest | None = None
-        self.verify_keys: dict[str, VerifyKey] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -122,85 +145,57 @@ class ScriptedSite:
         raise TimeoutError(f"{self.name}: no round within {timeout_s}s")
 
     def poll(self, method: str, timeout_s: float = 30):  # noqa: ANN201
-        until = time.monotonic() + timeout_s
-        while time.monotonic() < until:
-            reply = getattr(self.stub, method)(pb.PhaseQuery(federation_id=FED, round=self.round), timeout=10)
-            if reply.status != pb.PENDING:
-                return reply
-        raise TimeoutError(f"{self.name}: {method} still pending after {timeout_s}s")
+        return _StubTransport(self.name, self.stub, timeout_s).poll(
+            method, pb.PhaseQuery(federation_id=FED, round=self.round))
+
+    @property
+    def verify_keys(self) -> dict[str, VerifyKey]:
+        return self.current.verify_keys if self.current else {}
+
+    def _phase(self) -> SiteRound:
+        if self.current is None:
+            raise RuntimeError(f"{self.name}: advertise first")
+        return self.current
 
     def advertise(self, config: pb.RoundConfig) -> AdvertiseKeys:
-        advert = self.secagg.advertise(config.round, list(config.cohort))
-        self.stub.AdvertiseKeys(pb.AdvertiseKeysRequest(
-            federation_id=FED, round=config.round, share_public_key=advert.share_public_key,
-            mask_public_key=advert.mask_public_key, signature=advert.signature), timeout=10)
-        return advert
+        self.round, self.told = config.round, None
+        self.current = SiteRound(secagg=self.secagg, transport=self.transport, peers=self.peers, config=config,
+                                 federation_id=FED, consistency_check=self.settings.secagg.consistency_check)
+        return self.current.advertise()
 
     def share_keys(self) -> None:
-        ads = self.poll("GetAdvertisements")
-        assert ads.status == pb.READY, ads
-        keys = {a.site: VerifyKey(site_signing_public_key(load_certificate(a.certificate_pem)))
-                for a in ads.advertisements}
-        directory = KeyDirectory(FED, self.round, tuple(
-            AdvertiseKeys(FED, self.round, a.site, a.share_public_key, a.mask_public_key, a.signature)
-            for a in ads.advertisements), tuple(ads.advertisers))
-        self.verify_keys = keys
-        shares = self.secagg.share_keys(directory, verify_keys=keys)
-        self.stub.ShareKeys(pb.ShareKeysRequest(federation_id=FED, round=self.round, shares=[
-            pb.EncryptedShare(recipient=s.recipient, nonce=s.nonce, ciphertext=s.ciphertext) for s in shares]),
-            timeout=10)
+        self._phase().share_keys()
 
     def masked_input(self, vector: np.ndarray) -> bytes:
-        inbox = self.poll("GetShares")
-        assert inbox.status == pb.READY, inbox
-        received = [EncryptedShare(FED, self.round, s.sender, s.recipient, s.nonce, s.ciphertext)
-                    for s in inbox.shares]
-        masked = self.secagg.masked_input(received, vector)
-        self.stub.SubmitMaskedInput(pb.MaskedInputRequest(federation_id=FED, round=self.round,
-                                                          masked_uint64_le=masked.data,
-                                                          vector_length=masked.vector_length), timeout=10)
-        return masked.data
+        return self._phase().masked_input(vector).data
 
     def sign_survivors(self) -> pb.UnmaskRequest:
-        """Phase 5a: fetch the survivor set this site is told and send its signature on it."""
-        request = self.poll("GetUnmaskRequest")
-        self.told = request
-        if request.status != pb.READY:
+        """Phase 5a: the survivor set this site is told, signed; a reply that is not READY aborts the client."""
+        current = self._phase()
+        try:
+            told = current.sign_survivors()
+        except RoundAbandoned as exc:
             self.secagg.abort()
-            return request
-        if not self.settings.secagg.consistency_check:
-            return request  # semi-honest mode: nothing to sign
-        signed = self.secagg.sign_survivors(UnmaskRequest(FED, self.round, tuple(request.survivors),
-                                                          tuple(request.dropouts)))
-        self.stub.SubmitSurvivorSignature(pb.SurvivorSignatureRequest(
-            federation_id=FED, round=self.round, signature=signed.signature), timeout=10)
-        return request
+            self.told = exc.reply if exc.reply is not None else pb.UnmaskRequest(status=pb.ABORTED)
+        else:
+            self.told = codec.unmask_request_to_proto(told, round_number=told.round, status=pb.READY)
+        return self.told
 
-    def unmask(self) -> pb.UnmaskRequest:
-        """Phase 5: with the neighbours' survivor signatures, reveal the shares (call sign_survivors first)."""
-        request = self.told
-        if request is None or request.status != pb.READY:
-            return request or pb.UnmaskRequest(status=pb.ABORTED)
-        told = UnmaskRequest(FED, self.round, tuple(request.survivors), tuple(request.dropouts))
-        if not self.settings.secagg.consistency_check:
-            return self._reveal(self.secagg.unmask(told), request)
-        bundle = self.poll("GetSurvivorSignatures")
-        if bundle.status != pb.READY:
+    def unmask(self) -> pb.UnmaskRequest | pb.SurvivorSignatures:
+        """Phase 5: reveal the shares (call sign_survivors first); returns the unmask request it answered, or
+        the reply that ended the round (the client aborted)."""
+        current = self._phase()
+        if self.told is None or self.told.status != pb.READY:
+            return self.told or pb.UnmaskRequest(status=pb.ABORTED)
+        try:
+            current.unmask()
+        except RoundAbandoned as exc:
             self.secagg.abort()
-            return bundle
-        signatures = [SurvivorSignature(FED, self.round, s.site, s.signature) for s in bundle.signatures]
-        return self._reveal(self.secagg.unmask(told, signatures=signatures, verify_keys=self.verify_keys), request)
-
-    def _reveal(self, response: UnmaskResponse, request: pb.UnmaskRequest) -> pb.UnmaskRequest:
-        self.stub.Unmask(pb.UnmaskReply(
-            federation_id=FED, round=self.round,
-            self_seed_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_seed_shares],
-            mask_key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.mask_key_shares]),
-            timeout=10)
-        return request
+            return exc.reply if exc.reply is not None else pb.SurvivorSignatures(status=pb.ABORTED)
+        return self.told
 
     def result(self) -> pb.RoundResult:
-        return self.poll("GetRoundResult")
+        return self._phase().result()
 
 
 def expired_site_cert(pki: Pki, name: str) -> None:

@@ -10,8 +10,9 @@ import matplotlib.image
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.audit import AuditFailed, audit_state_dir, check_releases, report_markdown
+from coordinator.audit import AuditFailed, audit_state_dir, check_releases
 from coordinator.audit_cli import main
+from coordinator.audit_report import report_markdown
 from security.errors import LedgerTampered
 from security.ledger import verify_ledger
 from security.pki import load_signing_key

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from coordinator.round_run import RoundPhase
 from coordinator.server import upload_layout
+from federation.site_round import RoundAbandoned
 from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
 from security import shamir
@@ -224,7 +225,7 @@ def _quietly(step: Callable[[], object]) -> object:
     """Run an honest step of a round the barrage may have poisoned; its failure is expected (None)."""
     try:
         return step()
-    except (AssertionError, grpc.RpcError, SecurityError, TimeoutError):
+    except (RoundAbandoned, grpc.RpcError, SecurityError, TimeoutError):
         return None
 
 

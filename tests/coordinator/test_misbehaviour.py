@@ -15,7 +15,8 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator.audit import audit_state_dir, report_markdown
+from coordinator.audit import audit_state_dir
+from coordinator.audit_report import report_markdown
 from coordinator.server import upload_layout
 from proto import federation_pb2 as pb
 from tests.netfed import FED, coordinator, coordinator_config, join_sites, make_pki

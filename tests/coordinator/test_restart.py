@@ -10,41 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.config import load_config
+from federation.config_files import coordinator_document, toml_text, write_toml
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
 from tests.netfed import FED, ScriptedSite, join_sites, make_pki
 
 SITES = ["site-a", "site-b", "site-c"]
-TOML = """
-sites = ["site-a", "site-b", "site-c"]
-state_dir = "state/coordinator"
-[tls]
-ca_cert = "pki/ca/ca.crt"
-cert = "pki/coordinator/tls.crt"
-key = "pki/coordinator/tls.key"
-crl = "pki/ca/crl.pem"
-[server]
-listen = "127.0.0.1:0"
-long_poll_s = 1.0
-grace_s = 1.0
-liveness_s = 3.0
-gather_s = 0.5
-[federation]
-federation_id = "testfed"
-image_dim = 8
-text_dim = 6
-num_classes = 3
-rounds = 3
-min_sites = 3
-phase_timeout_s = 5.0
-train_timeout_s = 10.0
-[federation.train]
-bits = 8
-hidden = 16
-width = 8
-[federation.privacy]
-mode = "off"
-"""
+CONFIG = coordinator_document(
+    sites=SITES, server={"listen": "127.0.0.1:0", "long_poll_s": 1.0, "grace_s": 1.0, "liveness_s": 3.0,
+                         "gather_s": 0.5},
+    federation={"federation_id": FED, "image_dim": 8, "text_dim": 6, "num_classes": 3, "rounds": 3, "min_sites": 3,
+                "phase_timeout_s": 5.0, "train_timeout_s": 10.0, "train": {"bits": 8, "hidden": 16, "width": 8},
+                "privacy": {"mode": "off"}})
+TOML = toml_text(CONFIG)
 
 
 def _start(tmp: Path) -> tuple[subprocess.Popen, int]:
@@ -86,7 +64,7 @@ def _complete_round(sites: list[ScriptedSite], after: int) -> pb.RoundResult:
 def test_killed_coordinator_resumes_without_losing_or_reusing_rounds(tmp_path: Path) -> None:
     # Prepare
     pki = make_pki(tmp_path, SITES)
-    (tmp_path / "c.toml").write_text(TOML)
+    write_toml(tmp_path / "c.toml", CONFIG)
     proc, port = _start(tmp_path)
     try:
         sites = _sites(tmp_path, port, pki)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.config_files import site_document, write_toml
 from federation.plan import FederationSettings, PrivacySettings
 from participant.archive_ops import index_after_federation
 from pfmh_model.data import MultiModalDataset, Split, save_h5
@@ -64,16 +65,6 @@ def make_site(tmp: Path, *, with_ids: bool = True, completed_rounds: int = 1) ->
     write_model(state, data, completed_rounds=completed_rounds)
     index_after_federation(state, data)
     toml = tmp / "site.toml"
-    toml.write_text("""site = "site-a"
-federation_id = "testfed"
-coordinator = "127.0.0.1:1"
-data = "data/site.h5"
-state_dir = "state/site-a"
-
-[tls]
-ca_cert = "pki/site-a/ca.crt"
-cert = "pki/site-a/tls.crt"
-key = "pki/site-a/tls.key"
-signing_key = "pki/site-a/signing.key"
-""")
+    write_toml(toml, site_document(site="site-a", federation_id="testfed", coordinator="127.0.0.1:1",
+                                   data="data/site.h5", crl=False))
     return toml, data

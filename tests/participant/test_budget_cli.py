@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from federation.config_files import site_document, write_toml
 from participant.budget_cli import main
 from security.pki import SIGNING_KEY
 from tests.coordinator.ledger_builder import AuditPki, make_pki, release_records, write_ledger
@@ -126,10 +127,10 @@ def test_budget_from_site_config(ledger: Path, pki: AuditPki, tmp_path: Path, re
     (tmp_path / "state").mkdir()
     ledger.rename(tmp_path / "state" / "ledger.jsonl")
     config = tmp_path / "site.toml"
-    config.write_text(f'site = "hospital-a"\nfederation_id = "demo"\ncoordinator = "127.0.0.1:50051"\n'
-                      f'data = "absent.h5"\nstate_dir = "state"\n[tls]\nca_cert = "{ident.ca_cert_path}"\n'
-                      f'cert = "{ident.cert_path}"\nkey = "{ident.key_path}"\n'
-                      f'signing_key = "{ident.signing_key_path}"\n')
+    write_toml(config, site_document(
+        site="hospital-a", federation_id="demo", coordinator="127.0.0.1:50051", data="absent.h5", state_dir="state",
+        tls={"ca_cert": str(ident.ca_cert_path), "cert": str(ident.cert_path), "key": str(ident.key_path),
+             "signing_key": str(ident.signing_key_path)}))
     # Execute
     code = main(["budget", "--config", str(config), "--json"])
     out = capsys.readouterr()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator.rounds import RECORD_AGGREGATES_ENV
+from coordinator.round_commit import RECORD_AGGREGATES_ENV
 from federation.plan import PrivacySettings, SecAggSettings
 from participant.privacy import ENCODER_MECHANISM, PROTOTYPE_MECHANISM
 from security.accountant import epsilon_for

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def test_pem_round_trip_with_and_without_passphrase(tmp_path: Path) -> None:
         SigningKey.load(tmp_path / "enc.key", passphrase=b"wrong")
     assert VerifyKey.from_pem(key.verify_key().to_pem()) == key.verify_key()
     assert VerifyKey.from_bytes(key.verify_key().to_bytes()) == key.verify_key()
+
+
+def test_save_fsyncs_the_key_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: record what os.fsync flushes (a key whose folder entry is lost in a power cut is lost)
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    # Execute
+    SigningKey.generate().save(tmp_path / "signing.key", passphrase=None)
+    # Assert
+    assert len(synced) == 2 and synced[-1] == str(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["signing.key"]
 
 
 def test_wrong_key_types_are_rejected() -> None:
