@@ -29,8 +29,6 @@ import numpy as np
 
 
 def _run_cell(cell: dict) -> dict:
-    import dataclasses
-
     import torch
 
     torch.set_num_threads(1)
@@ -39,7 +37,6 @@ def _run_cell(cell: dict) -> dict:
     from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode, site_and_global_map
     from pfmh_model.partition import apply_partition, hold_out, load_partition, partition_indices
     from pfmh_model.synthetic import generate
-    from pfmh_model.training import TrainConfig
 
     source = cell["source"]
     dataset = generate(source.split(":", 1)[1], seed=cell["seed"]) if source.startswith("synthetic:") \
@@ -56,14 +53,16 @@ def _run_cell(cell: dict) -> dict:
     spec, _, option = cell["method"].partition("@")
     method, _, share_mode = spec.partition(":")
     select = option == "select"
-    train = dataclasses.replace(TrainConfig(), bits=cell["bits"], seed=cell["seed"],
-                                personal_epochs=cell["epochs"], shared_epochs=cell["epochs"])
+    from pfmh_model.trainer_factory import train_config
+
+    epochs = {"personal_epochs": cell["epochs"], "shared_epochs": cell["epochs"]}
+    train = train_config({**epochs, **(cell.get("train") or {}), "bits": cell["bits"], "seed": cell["seed"]})
     cfg = FederationConfig(method=Method(method), rounds=cell["rounds"], train=train,
                            eval_every=1 if select else min(10, cell["rounds"]), select_on_validation=select,
                            share_mode=ShareMode(share_mode or ShareMode.PROTOTYPES_AND_MODEL))
     result = Federation(sites, cfg, validation=validation if any(len(v) for v in validation) else None).run()
     last = result.rounds[-1]
-    curve = [(r.round, r.mean_site_map, r.global_map, r.mean_val_map) for r in result.rounds
+    curve = [(r.round, r.mean_site_map, r.global_map, r.mean_val_map, r.current_maps) for r in result.rounds
              if r.global_map is not None]
     return {**cell, "mean_site_map": last.mean_site_map, "global_map": last.global_map,
             "mean_val_map": last.mean_val_map, "curve": curve, "selected_round": last.selected_round,
@@ -73,7 +72,7 @@ def _run_cell(cell: dict) -> dict:
 
 def _key(cell: dict) -> tuple:
     return tuple(cell.get(k) for k in ("dataset", "method", "bits", "alpha", "seed", "rounds", "epochs", "sites",
-                                       "partition", "val_fraction"))
+                                       "partition", "val_fraction")) + (json.dumps(cell.get("train") or {}),)
 
 
 def _table(rows: list[dict]) -> str:
@@ -113,6 +112,14 @@ def _pivot(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _label(row: dict) -> str:
+    """The method as the tables show it: with its TrainConfig overrides, if any (baselines have none)."""
+    train = row.get("train") or {}
+    if not train or row["method"] in ("ridge-local", "ridge-central", "lsh"):
+        return row["method"]
+    return row["method"] + " " + ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(train.items()))
+
+
 def _spread(values: list[float]) -> str:
     """Mean, with the population std when there is more than one seed ("" for none)."""
     a = np.array(values)
@@ -133,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partition", nargs="+", default=[], metavar="NAME=FILE",
                    help="use this partition file (per-site row lists) for dataset NAME instead of Dirichlet "
                         "draws; its cells show alpha 'file'")
+    p.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig overrides for every deep cell, as in a site's [train] table (VALUE is JSON, "
+                        "e.g. dropout=0.3 or shared_epochs=5; they win over --epochs)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of each site's training records held out for validation (every method)")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
@@ -157,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         if method not in {"pfmh", "fedavg", "local", "centralized", "fedhap"} or option not in {"", "select"} or \
                 share_mode not in {"", "prototypes", "prototypes+model"}:
             p.error(f"--methods: {spec!r} is not METHOD[:SHARE_MODE][@select] or a baseline")
-    cells = [{"dataset": name, "source": sources[name], "method": m, "bits": b,
+    train = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.train)}
+    cells = [{"dataset": name, "source": sources[name], "method": m, "bits": b, "train": train,
               "alpha": "file" if name in partitions else a, "seed": s, "rounds": args.rounds, "epochs": args.epochs,
               "sites": args.sites, "partition": partitions.get(name), "val_fraction": args.val_fraction}
              for name, m, b, a, s in itertools.product(sources, args.methods.split(","), args.bits,
@@ -179,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['dataset']} {row['method']:11s} {row['bits']:3d} bits alpha {row['alpha']} "
                   f"seed {row['seed']}: site {row['mean_site_map']:.3f} global {row['global_map']:.3f} "
                   f"({row['seconds']:.0f}s)", flush=True)
-    print(_table(rows))
-    print(_pivot(rows))
+    shown = [{**r, "method": _label(r)} for r in rows]
+    print(_table(shown))
+    print(_pivot(shown))
     return 0
 
 

@@ -104,8 +104,10 @@ class RoundRecord:
     # of them, codes of its current shared model); None without validation slices or off-round.
     val_site_map: list[float | None] | None = None
     mean_val_map: float | None = None
-    # With select_on_validation: the round whose shared model each site searches with.
+    # With select_on_validation: the round whose shared model each site searches with, and the mean
+    # per-site and global mAP of the current shared models (what the run would score without selection).
     selected_round: list[int] | None = None
+    current_maps: tuple[float, float] | None = None
 
 
 @dataclass
@@ -251,15 +253,15 @@ class Federation:
     def _eval_trainer(self, k: int) -> SiteTrainer:
         return self.trainers[0] if self.config.method is Method.CENTRALIZED else self.trainers[k]
 
-    def site_codes(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def site_codes(self, *, selected: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
         """(query codes, database codes) per evaluation site, each encoded by the model that site holds
-        (with ``select_on_validation``, its selected shared model)."""
+        (with ``select_on_validation`` and ``selected``, its selected shared model)."""
         if self.workers is not None:
             return self.workers.site_codes()
         out = []
         for k, site in enumerate(self.eval_sites):
             trainer = self._eval_trainer(k)
-            best = self.best[k]
+            best = self.best[k] if selected else None
             current = trainer.shared_state() if best is not None else None
             if best is not None:
                 trainer.load_shared_state(best[2])
@@ -318,7 +320,7 @@ class Federation:
             losses = self.run_round()
             train_seconds += time.perf_counter() - start
             last = r == self.config.rounds
-            val_map = mean_val = selected = None
+            val_map = mean_val = selected = current = None
             if r % self.config.eval_every == 0 or last:
                 if self.validation is not None:
                     val_map = self.validate()
@@ -326,11 +328,12 @@ class Federation:
                     mean_val = float(np.mean(valid)) if valid else None
                     if self.config.select_on_validation:
                         selected = [b[1] if b is not None else r for b in self.best]
+                        current = site_and_global_map(self.site_codes(selected=False), self.eval_sites)[1:]
                 site_map, mean_site, global_map = self.evaluate()
             else:
                 site_map, mean_site, global_map = [None] * len(self.eval_sites), float("nan"), None
             record = RoundRecord(r, site_map, mean_site, global_map, time.perf_counter() - start,
-                                 self.layout.length * 8, losses, val_map, mean_val, selected)
+                                 self.layout.length * 8, losses, val_map, mean_val, selected, current)
             records.append(record)
             if on_round is not None:
                 on_round(record)
