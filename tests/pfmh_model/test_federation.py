@@ -1,6 +1,7 @@
 """The in-process federation (every method) and the ``pfmh-simulate`` command."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pfmh_model.federation import Federation, FederationConfig, Method, ShareMod
 from pfmh_model.partition import hold_out, partition_dataset
 from pfmh_model.simulate_cli import main as simulate
 from pfmh_model.synthetic import generate
-from pfmh_model.training import TrainConfig, flatten_state
+from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state
 
 TRAIN = TrainConfig(bits=16, hidden=32, width=16, personal_epochs=1, shared_epochs=1, seed=2)
 
@@ -163,3 +164,34 @@ def test_simulate_runs_a_saved_partition_and_the_baselines(tmp_path: Path) -> No
         assert len(rec["val_site_map"]) == 3 and rec["mean_val_map"] > 0
     final = [d["methods"]["pfmh"]["rounds"][-1]["val_site_map"] for d in (again, drawn)]
     assert final[0] == final[1]
+
+
+@pytest.mark.parametrize("together", [False, True])
+@pytest.mark.parametrize("method", [Method.PFMH, Method.FEDAVG])
+def test_shared_lr_decays_once_per_round_on_both_training_paths(sites, method: Method, together: bool) -> None:
+    # Prepare
+    cfg = FederationConfig(method=method, rounds=3, sites_together=together,
+                           train=dataclasses.replace(TRAIN, shared_lr_decay=0.5))
+    federation = Federation(sites, cfg)
+    # Execute
+    federation.run()
+    # Assert: the third round trained at lr * 0.5 ** 2, at every site
+    for trainer in federation.trainers:
+        group = trainer.shared_opt.param_groups[0]
+        assert group["shared_rounds"] == 3 and group["lr"] == pytest.approx(TRAIN.lr * 0.25)
+
+
+def test_shared_lr_round_count_survives_a_snapshot(tmp_path: Path, sites) -> None:
+    # Prepare: a trainer that trained its shared model twice
+    cfg = dataclasses.replace(TRAIN, shared_lr_decay=0.5)
+    first = SiteTrainer(cfg, image_dim=sites[0].image_dim, text_dim=sites[0].text_dim)
+    for _ in range(2):
+        first.train_shared(sites[0].train, prototypes=None, global_prototypes=None, distill=False)
+    first.save_snapshot(tmp_path / "t.pt")
+    # Execute
+    again = SiteTrainer(cfg, image_dim=sites[0].image_dim, text_dim=sites[0].text_dim)
+    again.load_snapshot(tmp_path / "t.pt")
+    # Assert: its next round is the third
+    assert again.start_shared_round() == pytest.approx(TRAIN.lr * 0.25)
+    with pytest.raises(ConfigError, match="shared_lr_decay"):
+        dataclasses.replace(TRAIN, shared_lr_decay=0.0)
