@@ -80,14 +80,18 @@ def _table(rows: list[dict]) -> str:
     for row in rows:
         groups.setdefault((row["dataset"], row["alpha"], row["method"], row["bits"]), []).append(row)
     lines = ["| dataset | alpha | method | bits | per-site mean mAP | global mAP | at round 10: per-site / global "
-             "| validation mAP | seeds | s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| @select: without selection, per-site / global | validation mAP | seeds | s/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, alpha, method, bits), items in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         site = [r["mean_site_map"] for r in items]
         glob = [r["global_map"] for r in items]
         at10 = [c for r in items for c in r.get("curve", []) if c[0] == 10 and r["rounds"] > 10]
         mid = f"{_spread([c[1] for c in at10])} / {_spread([c[2] for c in at10])}" if at10 else "-"
         val = _spread([r["mean_val_map"] for r in items if r.get("mean_val_map") is not None]) or "-"
-        lines.append(f"| {dataset} | {alpha} | {method} | {bits} | {_spread(site)} | {_spread(glob)} | {mid} | {val} | "
+        plain = [r["curve"][-1][4] for r in items if r.get("curve") and len(r["curve"][-1]) > 4 and r["curve"][-1][4]]
+        unselected = f"{_spread([p[0] for p in plain])} / {_spread([p[1] for p in plain])}" if plain else "-"
+        lines.append(f"| {dataset} | {alpha} | {method} | {bits} | {_spread(site)} | {_spread(glob)} | {mid} | "
+                     f"{unselected} | {val} | "
                      f"{len(items)} | {np.mean([r['seconds'] for r in items]):.0f} |")
     return "\n".join(lines)
 
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = {_key(r) for r in done}
     todo = [c for c in cells if _key(c) not in finished]
     print(f"{len(cells)} cells, {len(todo)} to run on {args.workers} workers", flush=True)
-    rows = [r for r in done if _key(r) in {_key(c) for c in cells}]
+    rows = list(done)  # with --resume the tables show every row of --out, this sweep's and earlier ones
     with ProcessPoolExecutor(args.workers) as pool, args.out.open("a") as sink:
         futures = {pool.submit(_run_cell, c): c for c in todo}
         for future in as_completed(futures):
