@@ -179,10 +179,12 @@ def run(args: argparse.Namespace) -> dict:
             results["methods"][method] = _run_baseline(method, sites, args.bits, args.seed)
             continue
         workers = _workers(args.workers, len(sites))
-        if args.val_fraction and workers > 1:
-            raise ModelError("--val-fraction needs --workers 1 (validation runs in the parent process); "
-                             "add --val-fraction 0 to use worker processes")
         select = args.select_on_validation and method is not Method.CENTRALIZED
+        if select and workers > 1:
+            raise ModelError("--select-on-validation needs --workers 1 (validation runs in the parent process)")
+        validate = bool(args.val_fraction) and workers == 1
+        if args.val_fraction and not validate:
+            print("note: validation mAP is computed with --workers 1 only; the slices are still held out")
         cfg = FederationConfig(method=method, rounds=args.rounds, share_mode=ShareMode(args.share_mode),
                                train=train_cfg, eval_every=1 if select else args.eval_every,
                                sites_together=not args.one_site_at_a_time, device=args.device,
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"\n== {method.value}: {args.rounds} rounds, {args.bits} bits, "
               f"{train_cfg.personal_epochs}+{train_cfg.shared_epochs} local epochs")
         started = time.perf_counter()
-        federation = Federation(sites, cfg, validation=validation if args.val_fraction else None)
+        federation = Federation(sites, cfg, validation=validation if validate else None)
 
         def on_round(rec: RoundRecord) -> None:
             if args.quiet:
