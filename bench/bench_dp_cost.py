@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _release(settings, data, folder: Path):  # noqa: ANN001, ANN202
+    from federation.layout import upload_layout
     from participant.local_release import LocalRelease
     from participant.privacy import SitePrivacy
-    from pfmh_model.aggregation import UploadLayout
     from pfmh_model.trainer_factory import make_trainer
     from pfmh_model.training import flatten_state
     from security.signing import SigningKey
@@ -31,7 +31,7 @@ def _release(settings, data, folder: Path):  # noqa: ANN001, ANN202
     size = flatten_state(trainer.shared_state()).size if settings.shares_model else 0
     state = SitePrivacy(settings.privacy, epsilon_max=1e9, ledger_path=folder / f"{time.time_ns()}.jsonl",
                         signing_key=SigningKey.generate(), site="bench")
-    return LocalRelease(settings, trainer, state, UploadLayout(data.num_classes, settings.train["bits"], size)), state
+    return LocalRelease(settings, trainer, state, upload_layout(settings, shared_size=size)), state
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from federation.plan import FederationSettings, PrivacySettings
     from pfmh_model.partition import partition_dataset
     from pfmh_model.server_step import initial_prototypes
     from pfmh_model.synthetic import generate
-    from proto.settings import FederationSettings, PrivacySettings
 
     torch.set_num_threads(1)
     data = max(partition_dataset(generate(args.preset, seed=0), num_sites=3, alpha=1.0, seed=0),

@@ -49,6 +49,7 @@ def _run(cell: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from federation.plan import FederationSettings, PrivacySettings
     from participant.local_release import LocalRelease, load_frozen_encoder
     from participant.privacy import SitePrivacy
     from pfmh_model.aggregation import SiteUpload
@@ -58,7 +59,6 @@ def _run(cell: dict) -> dict:
     from pfmh_model.synthetic import generate
     from pfmh_model.trainer_factory import use_dp_norms
     from pfmh_model.training import TrainConfig, flatten_state
-    from proto.settings import FederationSettings, PrivacySettings
     from security.signing import SigningKey
 
     method, share_mode = cell["setup"].split(":")

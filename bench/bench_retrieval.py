@@ -112,12 +112,15 @@ def _faiss():  # noqa: ANN202
 def _extra_bytes(index: HammingIndex) -> int:
     """Memory of the structure ``prepare`` built, beyond the packed archive."""
     from pfmh_model.distinct_codes import DistinctCodes
+    from pfmh_model.pivot_groups import PivotGroups
 
     fast = index._fast
     if fast is None:
         return 0
     if isinstance(fast, DistinctCodes):
         return fast.counts.nbytes + fast.offsets.nbytes + fast.rows.nbytes + fast.distinct_t.nbytes
+    if isinstance(fast, PivotGroups):  # its archive_t is the served codes themselves, not a copy
+        return fast.codes_t.nbytes + fast.rows.nbytes + fast.offsets.nbytes + fast.pivots_t.nbytes
     return sum(o.nbytes + i.nbytes + c.nbytes for o, i, c in fast.tables) + fast.archive_t.nbytes
 
 
@@ -186,11 +189,11 @@ def bench_archive(archive: np.ndarray, queries: np.ndarray, bits: int, args: arg
 # ---------------------------------------------------------------------------------------------- server
 def bench_server(n: int, trainer, data, args: argparse.Namespace) -> str:  # noqa: ANN001
     """p50/p99 of one query through serve-search over a tiled real archive of n records."""
+    from federation.plan import FederationSettings, PrivacySettings
     from participant.archive import Archive
     from participant.search_client import Query, SearchClient
     from participant.site_model import model_version
     from pfmh_model.record_file import RecordBatch
-    from proto.settings import FederationSettings, PrivacySettings
     from security.pki import Role, create_ca
     from security.pki_issue import issue_certificate
 

@@ -77,11 +77,11 @@ def project(releases_out: np.ndarray, releases_in: np.ndarray) -> tuple[np.ndarr
 
 
 def _site(chain: str, dp: bool, sigma: float, tmp: Path, data, trial: int):  # noqa: ANN001, ANN202
+    from federation.plan import FederationSettings, PrivacySettings
     from participant.local_release import LocalRelease, load_frozen_encoder
     from participant.privacy import SitePrivacy
     from pfmh_model.aggregation import UploadLayout
     from pfmh_model.trainer_factory import make_trainer
-    from proto.settings import FederationSettings, PrivacySettings
     from security.signing import SigningKey
 
     privacy = PrivacySettings(mode="local" if dp else "off", noise_multiplier=sigma, dp_sgd_noise_multiplier=sigma,

@@ -41,17 +41,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from federation.layout import upload_layout  # noqa: E402
+from federation.plan import FederationSettings  # noqa: E402
+from federation.secagg import secagg_config  # noqa: E402
 from participant.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable, RoundAbandoned  # noqa: E402
 from participant.config import RetryPolicy, SiteConfig, SiteTls  # noqa: E402
 from proto import federation_pb2 as pb  # noqa: E402
-from proto.settings import PROTOCOL_VERSION, FederationSettings  # noqa: E402
+from proto.settings import PROTOCOL_VERSION  # noqa: E402
 from security.consistency import SurvivorSignature  # noqa: E402
 from security.errors import SecurityError  # noqa: E402
 from security.pki import Role  # noqa: E402
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate  # noqa: E402
-from security.prg import PrgAlgorithm  # noqa: E402
 from security.secagg_client import SecAggClient  # noqa: E402
-from security.secagg_config import SecAggConfig  # noqa: E402
 from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest  # noqa: E402
 from security.signing import SigningKey, VerifyKey  # noqa: E402
 
@@ -123,15 +124,11 @@ class SoakSite:
             federation_id=self.cfg.federation_id, protocol_version=PROTOCOL_VERSION, num_train_records=100,
             image_dim=image_dim, text_dim=text_dim, num_classes=classes))
         settings = FederationSettings.from_json(reply.settings_json)
-        self.bits = int(settings.train.get("bits", 32))
-        self.length = settings.num_classes * (self.bits + 1)
-        s = self.secagg_settings = settings.secagg
-        self.secagg = SecAggClient(self.name, signing_key=self.signing_key, config=SecAggConfig(
-            federation_id=settings.federation_id, vector_length=self.length, fraction_bits=s.fraction_bits,
-            max_abs_value=s.max_abs_value, neighbours=s.neighbours or None, threshold=s.threshold or None,
-            prg=PrgAlgorithm(s.prg),
-            colluders=None if s.colluders < 0 else s.colluders,
-            consistency_check=s.consistency_check))
+        self.bits = settings.train.bits
+        self.length = upload_layout(settings).length
+        self.secagg_settings = settings.secagg
+        self.secagg = SecAggClient(self.name, signing_key=self.signing_key,
+                                   config=secagg_config(settings, vector_length=self.length))
         self.site_index = sorted(reply.enrolled_sites).index(self.name)
         return settings
 

@@ -5,8 +5,7 @@ Examples::
     pfmh-coordinator audit verify --state-dir state/coordinator --ca pki/ca/ca.crt
     pfmh-coordinator audit report --state-dir state/coordinator --ca pki/ca/ca.crt --out audit/
 
-Until the daemon's CLI hooks these in (``add_audit_commands`` + ``run_audit``), run them as
-``python -m coordinator.audit_cli audit verify ...``. Exit codes: 0 every site verified; 1 a site failed
+Exit codes: 0 every site verified; 1 a site failed
 (signature, hash chain, epsilon recomputation, budget, a release missing for a round its input entered
 or claimed for a round it was not in, a rejected ledger report: the message names site, seq and round);
 2 user error (no ledger directory, unreadable CA certificate). ``report`` writes its files even when a
@@ -22,6 +21,18 @@ from typing import Any
 
 from coordinator.audit import AuditError, AuditReport, SiteAudit, audit_state_dir, write_report
 
+_DESCRIPTION = """Privacy-budget audit of the sites' signed ledgers, as the coordinator received them.
+
+examples:
+  pfmh-coordinator audit verify --state-dir state/coordinator --ca pki/ca/ca.crt
+  pfmh-coordinator audit report --state-dir state/coordinator --ca pki/ca/ca.crt --out audit/
+
+exit codes: 0 every site verified; 1 a site failed (signature, hash chain, epsilon recomputation,
+budget, a release missing for a round its input entered or claimed for a round it was not in, a
+rejected ledger report: the message names site, seq and round); 2 user error (no ledger directory,
+unreadable CA certificate). `report` writes its files even when a site fails, marking it FAILED,
+and still exits 1.
+"""
 _NO_CA = ("warning: certificates were NOT checked against the federation CA (pass --ca CA_CERT); "
           "a stored certificate was trusted as is")
 _NO_ROUND_LOG = ("warning: no round log {state_dir}/rounds.json: ledgers were NOT cross-checked with the rounds "
@@ -35,7 +46,7 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
     ``dest`` the caller gave its subparsers); ``args.audit_command`` is ``"report"`` or ``"verify"``.
     """
     audit = subparsers.add_parser("audit", help="privacy-budget audit of the sites' signed ledgers",
-                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = audit.add_subparsers(dest="audit_command", required=True)
     report = sub.add_parser("report", help="verify, then write audit.json, audit.md and epsilon.png")
     verify = sub.add_parser("verify", help="check signatures, hash chains and recomputed epsilon; exit 1 on any "

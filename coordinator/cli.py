@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, type=Path, help="coordinator.toml")
     serve.add_argument("--listen", help="override server.listen, e.g. 127.0.0.1:0")
     serve.add_argument("--port-file", type=Path, help="write the bound port here once listening")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log level (default: %(default)s)")
     try:
         from coordinator.audit_cli import add_audit_commands
     except ImportError:  # pragma: no cover - audit module not installed

@@ -1,7 +1,10 @@
 """``coordinator.toml``: one frozen dataclass tree, loaded strictly (unknown keys and wrong types raise).
 
-Example: ``deploy/config/coordinator.toml``. Cross-field invariants (min_sites within the enrolled
-sites, a non-empty enrolment list, readable TLS files) are checked at load time.
+Example: ``deploy/config/coordinator.toml``. The ``[federation]`` table is the federation plan
+(``federation/plan.py``, which checks its own rules); the rules that need the enrolled sites are
+checked here at load time: min_sites within the enrolled sites, the SecAgg threshold, neighbourhood
+and overflow bound for every cohort size a round can start with, distributed DP's noise share, a
+non-empty enrolment list and readable TLS files.
 """
 from __future__ import annotations
 
@@ -9,12 +12,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pfmh_model.errors import ConfigError
-from pfmh_model.fedhap_config import fedhap_config
-from proto.settings import FederationSettings, SettingsError, load_toml
+from federation.plan import FederationSettings
+from federation.secagg import secagg_config
+from proto.settings import FieldError, SettingsError, check_address, check_range, load_toml
 from security.dp_cohort import noise_cohort
-from security.errors import SecurityError
-from security.secagg_config import SecAggConfig
+from security.dp_config import DPMode
+from security.errors import OverflowRisk, SecurityError
 
 SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
 
@@ -30,6 +33,15 @@ class ServerSettings:
     gather_s: float = 3.0       # once min_sites are live, wait this long for the other enrolled sites
     exclude_rounds: int = 3     # a site refused at the door (forged/replayed message) sits out this many rounds
     max_invalid_messages: int = 3  # rejected messages in one round that also exclude a site
+
+    def __post_init__(self) -> None:
+        check_address("listen", self.listen)
+        for key in ("max_message_mb", "max_workers", "max_invalid_messages"):
+            check_range(self, key, low=1)
+        for key in ("long_poll_s", "liveness_s"):
+            check_range(self, key, low=0, low_open=True)
+        for key in ("grace_s", "gather_s", "exclude_rounds"):
+            check_range(self, key, low=0)
 
 
 @dataclass(frozen=True)
@@ -52,64 +64,63 @@ class CoordinatorConfig:
 
     def __post_init__(self) -> None:
         if not self.sites:
-            raise ValueError("sites: enrol at least one site")
+            raise FieldError("sites", "enrol at least one site")
         bad = [s for s in self.sites if not SITE_NAME.match(s)]
         if bad:
-            raise ValueError(f"sites: invalid site name(s) {bad}; use [a-z0-9-]{{1,63}}")
+            raise FieldError("sites", f"invalid site name(s) {bad}; use [a-z0-9-]{{1,63}}")
         if len(set(self.sites)) != len(self.sites):
-            raise ValueError("sites: duplicate names")
+            raise FieldError("sites", "duplicate names")
         if not 1 <= self.federation.min_sites <= len(self.sites):
-            raise ValueError(f"federation.min_sites={self.federation.min_sites} must be within 1..{len(self.sites)} "
-                             "(the number of enrolled sites)")
-        if self.federation.method not in ("pfmh", "fedavg", "fedhap"):
-            raise ValueError(f"federation.method={self.federation.method!r}: choose pfmh, fedavg or fedhap")
-        if self.federation.share_mode not in ("prototypes", "prototypes+model"):
-            raise ValueError(f"federation.share_mode={self.federation.share_mode!r}: "
-                             "choose prototypes or prototypes+model")
-        if self.federation.method == "fedavg" and self.federation.privacy.mode != "off":
-            raise ValueError("method fedavg federates only the model and has no DP mechanism here: use method "
-                             "pfmh, or set federation.privacy.mode = \"off\" to run FedAvg without DP")
-        if self.federation.fedhap and self.federation.method != "fedhap":
-            raise ValueError(f"[federation.fedhap] options are set but federation.method is "
-                             f"{self.federation.method!r}; remove them or use method fedhap")
-        try:
-            fedhap_config(self.federation.fedhap)
-        except ConfigError as exc:
-            raise ValueError(f"[federation.fedhap]: {exc}") from None
-        if self.federation.method == "fedhap" and self.federation.uses_dp_sgd:
-            raise ValueError("method fedhap with DP shares its model without DP-SGD support here: use "
-                             "share_mode = \"prototypes\" (the class-code votes get DP noise), or privacy mode off")
+            raise FieldError("federation.min_sites", f"{self.federation.min_sites} must be within "
+                             f"1..{len(self.sites)} (the number of enrolled sites)")
+        self._check_cohorts()
         self._check_distributed_noise()
+        check_address("metrics_listen", self.metrics_listen, empty_ok=True)
         if not self.tls.crl and not self.tls.allow_no_crl:
-            raise ValueError("tls.crl is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
+            raise FieldError("tls.crl", "is empty: give the CA's crl.pem (or set tls.allow_no_crl = true)")
 
+    def _cohort_sizes(self) -> range:
+        """Every cohort size a round can start with (secure aggregation needs at least 2 sites)."""
+        return range(max(2, self.federation.min_sites), len(self.sites) + 1)
+
+    def _check_cohorts(self) -> None:
+        """The threshold, neighbourhood and overflow rules hold for every cohort a round can start with."""
+        fed, sa = self.federation, self.federation.secagg
+        secagg = secagg_config(fed, vector_length=1)
+        for size in self._cohort_sizes():
+            try:
+                secagg.plan(size)
+            except OverflowRisk as exc:
+                raise FieldError("federation.secagg.fraction_bits", f"a cohort of {size} sites could overflow: "
+                                 f"{exc}") from None
+            except SecurityError as exc:
+                key = "federation.secagg.threshold" if sa.threshold else "federation.secagg"
+                raise FieldError(key, f"no round could run with a cohort of {size} sites (federation.min_sites = "
+                                 f"{fed.min_sites}, {len(self.sites)} enrolled): {exc}") from None
 
     def _check_distributed_noise(self) -> None:
         """Distributed DP must be able to give the target sigma for every cohort a round can run with."""
         fed = self.federation
-        if fed.privacy.mode != "distributed":
+        if fed.privacy.mode is not DPMode.DISTRIBUTED:
             return
         if fed.privacy.colluding_sites >= len(self.sites):
-            raise ValueError(f"federation.privacy.colluding_sites={fed.privacy.colluding_sites} must be below the "
-                             f"{len(self.sites)} enrolled sites")
+            raise FieldError("federation.privacy.colluding_sites", f"{fed.privacy.colluding_sites} must be below "
+                             f"the {len(self.sites)} enrolled sites")
         sa, c = fed.secagg, fed.privacy.colluding_sites
-        secagg = SecAggConfig(federation_id=fed.federation_id, vector_length=1, fraction_bits=0, max_abs_value=1.0,
-                              neighbours=sa.neighbours or None, threshold=sa.threshold or None,
-                              colluders=None if sa.colluders < 0 else sa.colluders,
-                              consistency_check=sa.consistency_check)
-        for size in range(max(2, fed.min_sites), len(self.sites) + 1):
+        secagg = secagg_config(fed, vector_length=1)
+        for size in self._cohort_sizes():
             where = (f"a cohort of {size} sites (federation.min_sites = {fed.min_sites}, federation.secagg.threshold "
                      f"= {sa.threshold or 'default'}, federation.secagg.colluders = {sa.colluders})")
+            plan = secagg.plan(size)  # _check_cohorts has shown it holds
             try:
-                plan = secagg.plan(size)
                 noise_cohort(threshold=plan.threshold, colluding_sites=c)
             except SecurityError as exc:
-                raise ValueError(f"federation.privacy.mode = \"distributed\" cannot give the target sigma with "
+                raise FieldError("federation.privacy.mode", f"\"distributed\" cannot give the target sigma with "
                                  f"{where}: {exc}") from None
             if c > plan.colluders:  # the noise would assume a coalition that secure aggregation cannot withstand
-                raise ValueError(f"federation.privacy.colluding_sites = {c} exceeds the {plan.colluders} colluders "
-                                 f"secure aggregation tolerates with {where}: raise federation.secagg.colluders "
-                                 "(or the threshold) to at least privacy.colluding_sites")
+                raise FieldError("federation.privacy.colluding_sites", f"privacy.colluding_sites = {c} exceeds the "
+                                 f"{plan.colluders} colluders secure aggregation tolerates with {where}: raise "
+                                 "federation.secagg.colluders (or the threshold) to at least privacy.colluding_sites")
 
 
 def load_config(path: str | Path) -> CoordinatorConfig:

@@ -26,22 +26,30 @@ SITES = ("hospital-a", "hospital-b", "hospital-c")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pfmh-demo", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("runs/demo"), help="created afresh (its contents are replaced)")
-    p.add_argument("--preset", default="small", help="synthetic dataset preset (tiny, small, mirflickr)")
-    p.add_argument("--sites", type=int, default=3, help="number of sites (at most 26)")
-    p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of the non-IID split")
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--bits", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=5, help="local epochs for each of the personal and shared model")
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
+                   help="created afresh, its contents are replaced (default: %(default)s)")
+    p.add_argument("--preset", default="small",
+                   help="synthetic dataset preset: tiny, small, mirflickr (default: %(default)s)")
+    p.add_argument("--sites", type=int, default=3, help="number of sites, at most 26 (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="Dirichlet concentration of the non-IID split (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=4, help="federated rounds (default: %(default)s)")
+    p.add_argument("--bits", type=int, default=32, help="code length (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="local epochs for each of the personal and shared model (default: %(default)s)")
     p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
                    help="what sites share besides prototype statistics (default: %(default)s)")
-    p.add_argument("--dp", default="local", choices=["off", "local", "distributed"], help="DP mode")
-    p.add_argument("--noise-multiplier", type=float, default=4.0, help="sigma of the prototype-statistics noise")
+    p.add_argument("--dp", default="local", choices=["off", "local", "distributed"],
+                   help="DP mode (default: %(default)s)")
+    p.add_argument("--noise-multiplier", type=float, default=4.0,
+                   help="sigma of the prototype-statistics noise (default: %(default)s)")
     p.add_argument("--dp-sgd-noise-multiplier", type=float, default=3.0,
-                   help="sigma of DP-SGD on the shared model (only with --share-mode prototypes+model)")
-    p.add_argument("--epsilon-max", type=float, default=8.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout-s", type=float, default=1200, help="give up (and stop everything) after this long")
+                   help="sigma of DP-SGD on the shared model, only with --share-mode prototypes+model "
+                        "(default: %(default)s)")
+    p.add_argument("--epsilon-max", type=float, default=8.0, help="each site's privacy budget (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, split and weights (default: %(default)s)")
+    p.add_argument("--timeout-s", type=float, default=1200,
+                   help="give up, and stop everything, after this long (default: %(default)s)")
     return p
 
 

@@ -27,15 +27,15 @@ import numpy as np
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.persistence import CoordinatorState, StateStore, atomic_write
 from coordinator.round_run import Poll, RoundPhase, RoundRun
+from federation.plan import FederationSettings
+from federation.secagg import secagg_config
 from pfmh_model.aggregation import GlobalState, SiteUpload, UploadLayout
 from pfmh_model.errors import ModelError
 from pfmh_model.server_step import aggregator
-from proto.settings import FederationSettings
 from security.consistency import SurvivorSignature
+from security.dp_config import DPMode
 from security.errors import InvalidMessage, RoundAborted, SecurityError, StageOutOfOrder
 from security.pki_verify import load_certificate, site_signing_public_key
-from security.prg import PrgAlgorithm
-from security.secagg_config import SecAggConfig
 from security.secagg_messages import (
     AdvertiseKeys,
     EncryptedShare,
@@ -74,6 +74,7 @@ class RoundEngine:
         self.settings = settings
         self.sites = sites
         self.layout = layout
+        self.secagg_config = secagg_config(settings, vector_length=layout.length)  # once, for every round
         self.store = store
         self.metrics = metrics
         self.liveness_s = liveness_s
@@ -375,13 +376,8 @@ class RoundEngine:
             number = self.state.last_round_started
             self.state.open_round = {"round": number, "cohort": list(cohort)}
             self.store.save_round_started(self.state)  # write-ahead: round numbers are never reused
-            sa = self.settings.secagg
-            config = SecAggConfig(federation_id=self.settings.federation_id, vector_length=self.layout.length,
-                                  fraction_bits=sa.fraction_bits, max_abs_value=sa.max_abs_value,
-                                  neighbours=sa.neighbours or None, threshold=sa.threshold or None,
-                                  prg=PrgAlgorithm(sa.prg), colluders=None if sa.colluders < 0 else sa.colluders,
-                                  consistency_check=sa.consistency_check)
-            run = RoundRun(number, cohort, SecAggServer(config, cohort, round_number=number), self.global_state(),
+            run = RoundRun(number, cohort, SecAggServer(self.secagg_config, cohort, round_number=number),
+                           self.global_state(),
                            started=self.clock(), phase_started=self.clock())
             run.left_out = tuple(sorted(s for s, last in self.excluded.items() if last >= number))
             if run.left_out:
@@ -441,10 +437,9 @@ class RoundEngine:
 
     def _complete(self, run: RoundRun, total, survivors: tuple[str, ...], expected: set[str]) -> None:
         summed = SiteUpload.from_vector(total, self.layout)
-        bits = int(self.settings.train.get("bits", 32))
+        train = self.settings.train
         try:
-            new = aggregator(self.settings.method)(summed, run.start_state, bits=bits,
-                                                   seed=int(self.settings.train.get("seed", 0)))
+            new = aggregator(self.settings.method)(summed, run.start_state, bits=train.bits, seed=train.seed)
         except ModelError as exc:  # e.g. a FedAvg weight total <= 0 sent by a faulty site: abort, keep driving
             raise RoundAborted(f"the unmasked sum is not a valid aggregate: {exc}") from exc
         if os.environ.get(RECORD_AGGREGATES_ENV) == "1":
@@ -492,7 +487,7 @@ class RoundEngine:
     def _dp_expected(self) -> bool:
         """Whether every site's input must carry a DP release (the audit's cross-check, ``dp`` in the round log)."""
         s = self.settings
-        return s.privacy.mode != "off" and (s.uses_prototypes or s.uses_dp_sgd)
+        return s.privacy.mode is not DPMode.OFF and (s.uses_prototypes or s.uses_dp_sgd)
 
     def _abort(self, run: RoundRun, reason: str) -> None:
         with self.cond:

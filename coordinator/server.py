@@ -24,29 +24,13 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.persistence import StateStore
 from coordinator.rounds import RoundEngine
 from coordinator.servicer import FederationServicer
-from pfmh_model.aggregation import UploadLayout
+from federation.layout import upload_layout
 from proto import federation_pb2_grpc as pb_grpc
-from proto.settings import FederationSettings
 from security.errors import InvalidMessage
 from security.pki_verify import load_certificate
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = "pfmh.v1.Federation"
-
-
-def upload_layout(settings: FederationSettings) -> UploadLayout:
-    """The upload vector layout every site and the coordinator agree on."""
-    bits = int(settings.train.get("bits", 32))
-    size = 0
-    if settings.shares_model:
-        # Only a shared model needs torch here (to count its weights); a prototype-only coordinator
-        # never loads it and stays small (docs/SOAK.md has its memory).
-        from pfmh_model.trainer_factory import shared_model_size
-
-        size = shared_model_size(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                                 num_classes=settings.num_classes, dp_compatible=settings.uses_dp_sgd)
-    protos = settings.uses_prototypes
-    return UploadLayout(settings.num_classes if protos else 0, bits if protos else 0, size)
 
 
 def _rejected(metrics: CoordinatorMetrics, engine: RoundEngine, kind: str, error: BaseException | None) -> None:

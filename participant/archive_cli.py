@@ -28,7 +28,8 @@ def add_archive_commands(sub: argparse._SubParsersAction) -> None:
             cmd.add_argument("--json", action="store_true", help="print JSON")
     serve = sub.add_parser("serve-search", help="serve search over mutual-TLS gRPC ([search] in site.toml)")
     serve.add_argument("--config", required=True, type=Path, help="site.toml")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log level (default: %(default)s)")
 
 
 def run_archive_command(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     join = sub.add_parser("join", help="take part in the federation until it finishes")
     join.add_argument("--site", required=True, help="this site's id (must match the config and certificate)")
     join.add_argument("--config", required=True, type=Path, help="site.toml")
-    join.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    join.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                      help="log level (default: %(default)s)")
     enroll = sub.add_parser("enroll", help="make this site's TLS and signing keys here, and a request for the CA")
     enroll.add_argument("--site", required=True, help="this site's id, [a-z0-9-]{1,63}")
     enroll.add_argument("--federation", required=True, help="the federation id (as in the CA)")
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="HDF5 record file of new records (I and/or T, optional ids; docs/RETRIEVAL.md)")
     search.add_argument("--query", type=int, nargs="*", default=None,
                         help="instead: row numbers of the site's own query split (none given: all, reporting mAP)")
-    search.add_argument("-k", type=int, default=10, help="results per query")
+    search.add_argument("-k", type=int, default=10, help="results per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="one JSON document on stdout")
     from participant.archive_cli import add_archive_commands
 
@@ -63,6 +65,14 @@ def join(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.site != cfg.site:
         raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
+    daemon_class = SiteDaemon
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (docs/DEPLOY.md): only rank 0 goes on
+        from participant.distributed_site import start_ranks
+
+        lead = start_ranks(cfg, args.config.resolve().parent)
+        if lead is None:
+            return 0
+        cfg, daemon_class = lead
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -80,7 +90,7 @@ def join(args: argparse.Namespace) -> int:
     if cfg.metrics_listen:
         host, _, port = cfg.metrics_listen.rpartition(":")
         start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
-    daemon = SiteDaemon(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
+    daemon = daemon_class(cfg, base=args.config.resolve().parent, stop=stop, on_round=show, registry=registry)
     return daemon.run()
 
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.settings import SettingsError, load_toml
+from proto.settings import FieldError, SettingsError, check_address, check_range, load_toml
 
 SITE_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
@@ -38,6 +38,11 @@ class RetryPolicy:
     max_s: float = 30.0
     give_up_s: float = 900.0       # stop after this long without reaching the coordinator
 
+    def __post_init__(self) -> None:
+        for key in ("initial_s", "give_up_s"):
+            check_range(self, key, low=0, low_open=True)
+        check_range(self, "max_s", low=self.initial_s)
+
 
 @dataclass(frozen=True)
 class SearchService:
@@ -54,8 +59,11 @@ class SearchService:
     max_workers: int = 8
 
     def __post_init__(self) -> None:
-        if self.reload_s <= 0 or self.grace_s < 0 or self.max_workers < 1:
-            raise ValueError("search: reload_s must be > 0, grace_s >= 0 and max_workers >= 1")
+        check_address("listen", self.listen)
+        check_address("metrics_listen", self.metrics_listen, empty_ok=True)
+        check_range(self, "reload_s", low=0, low_open=True)
+        check_range(self, "grace_s", low=0)
+        check_range(self, "max_workers", low=1)
 
 
 @dataclass(frozen=True)
@@ -77,13 +85,17 @@ class SiteConfig:
 
     def __post_init__(self) -> None:
         if not SITE_NAME.match(self.site):
-            raise ValueError(f"site={self.site!r}: use [a-z0-9-]{{1,63}}")
-        if self.threads < 1:
-            raise ValueError(f"threads={self.threads} must be >= 1")
+            raise FieldError("site", f"{self.site!r}: use [a-z0-9-]{{1,63}}")
+        if not self.federation_id:
+            raise FieldError("federation_id", "must not be empty")
+        check_address("coordinator", self.coordinator)
+        check_address("metrics_listen", self.metrics_listen, empty_ok=True)
+        check_range(self, "threads", low=1)
+        check_range(self, "rpc_timeout_s", low=0, low_open=True)
         if not DEVICE.match(self.device):
-            raise ValueError(f"device={self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        if self.privacy.epsilon_max <= 0:
-            raise ValueError(f"privacy.epsilon_max={self.privacy.epsilon_max} must be > 0")
+            raise FieldError("device", f"{self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if not (self.privacy.epsilon_max > 0 and self.privacy.epsilon_max < float("inf")):
+            raise FieldError("privacy.epsilon_max", f"{self.privacy.epsilon_max} must be > 0 and finite")
 
 
 def load_config(path: str | Path) -> SiteConfig:

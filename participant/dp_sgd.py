@@ -21,6 +21,7 @@ generator is seeded from ``os.urandom`` too. Models use per-record GroupNorm ins
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -53,11 +54,17 @@ def planned_release(trainer: SiteTrainer, n_records: int, *, noise_multiplier: f
     return Release(mechanism, noise_multiplier, max_grad_norm, batch / n_records, steps)
 
 
+def _anchor_terms(codes: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, *, contrastive: float,
+                  quantization: float, temperature: float) -> torch.Tensor:
+    return (contrastive * prototype_contrastive_loss(codes, labels, p, temperature=temperature, per_record=True)
+            + quantization * quantization_loss_per_record(codes))
+
+
 def _anchor_loss(trainer: SiteTrainer, prototypes: np.ndarray) -> PerRecordLoss:
+    # A partial of a module-level function, so it can be sent to a site's other ranks (distributed_dp_sgd).
     cfg, p = trainer.config, torch.from_numpy(np.asarray(prototypes, dtype=np.float32)).to(trainer.device)
-    return lambda codes, labels: (cfg.weights.contrastive * prototype_contrastive_loss(
-        codes, labels, p, temperature=cfg.temperature, per_record=True)
-        + cfg.weights.quantization * quantization_loss_per_record(codes))
+    return functools.partial(_anchor_terms, p=p, contrastive=cfg.weights.contrastive,
+                             quantization=cfg.weights.quantization, temperature=cfg.temperature)
 
 
 def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: PerRecordLoss, release: Release,
@@ -73,6 +80,9 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
     if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
         raise ValueError("DP-SGD needs a model without BatchNorm: build the trainer with dp_compatible / "
                          "dp_personal")
+    runner = getattr(trainer, "dp_sgd_runner", None)
+    if runner is not None:  # a site trained on several processes (participant.distributed_dp_sgd)
+        return runner(model, split, loss_fn, release, max_grad_norm=max_grad_norm)
     cfg, n = trainer.config, len(split)
     device = trainer.device
     image = torch.from_numpy(np.ascontiguousarray(split.image, dtype=np.float32)).to(device)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from federation.plan import FederationSettings
 from participant.dp_sgd import (
     planned_release,
     train_encoder_dp_sgd,
@@ -31,10 +32,11 @@ from pfmh_model.aggregation import UploadLayout
 from pfmh_model.data import Split
 from pfmh_model.fedhap import FedHAPTrainer
 from pfmh_model.local_round import make_upload, train_fedavg_site, train_fedhap_site, train_pfmh_site
+from pfmh_model.methods import Method
 from pfmh_model.network import HashNet
 from pfmh_model.prototypes import PrototypeStats, complete_prototypes
 from pfmh_model.training import SiteTrainer
-from proto.settings import FederationSettings
+from security.dp_config import DPMode
 from security.dp_sensitivity import l2_sensitivity
 from security.errors import SecurityError
 
@@ -83,7 +85,7 @@ class LocalRelease:
                  layout: UploadLayout, *, frozen_encoder: HashNet | None = None) -> None:
         self.settings, self.trainer, self.privacy, self.layout = settings, trainer, privacy, layout
         p = settings.privacy
-        self.dp = p.mode != "off" and settings.uses_prototypes
+        self.dp = p.mode is not DPMode.OFF and settings.uses_prototypes
         self.encoder_dp_sgd = self.dp and p.trains_encoder_with_dp_sgd
         self.frozen = frozen_encoder if (self.dp and not self.encoder_dp_sgd) else None
         if self.dp and not self.encoder_dp_sgd and self.frozen is None:
@@ -94,7 +96,7 @@ class LocalRelease:
     def dp_models(settings: FederationSettings) -> dict[str, bool]:
         """Which of the trainer's models DP-SGD trains (so they need per-record norms): make_trainer kwargs."""
         encoder = settings.privacy.trains_encoder_with_dp_sgd and settings.uses_prototypes
-        fedhap = settings.method == "fedhap"
+        fedhap = settings.method is Method.FEDHAP
         return {"dp_compatible": settings.uses_dp_sgd or (encoder and fedhap),
                 "dp_personal": encoder and not fedhap}
 
@@ -104,7 +106,7 @@ class LocalRelease:
         if not self.dp:
             return "none (DP off)"
         if self.encoder_dp_sgd:
-            model = "hashing network" if self.settings.method == "fedhap" else "personal model"
+            model = "hashing network" if self.settings.method is Method.FEDHAP else "personal model"
             return f"dp_sgd: statistics from the {model}, trained with DP-SGD"
         sha = self.settings.privacy.frozen_encoder_sha256
         return f"frozen: statistics from {'weights sha256 ' + sha if sha else 'the seed-initialised network'}"
@@ -116,7 +118,7 @@ class LocalRelease:
 
     def _encoder_epochs(self) -> int:
         cfg = self.trainer.config
-        return cfg.personal_epochs + cfg.shared_epochs if self.settings.method == "fedhap" else cfg.personal_epochs
+        return cfg.personal_epochs + cfg.shared_epochs if self.settings.method is Method.FEDHAP else cfg.personal_epochs
 
     def planned(self, n_records: int) -> list[Release]:
         """The DP releases this round's upload makes, in the order they are accounted (checked before training)."""
@@ -162,7 +164,7 @@ class LocalRelease:
             noise_cohort: distributed mode's m for this round (``security.dp_cohort.noise_cohort``).
         """
         t, s = self.trainer, self.settings
-        if s.method == "fedavg":
+        if s.method is Method.FEDAVG:
             train_fedavg_site(t, train)
             return make_upload(t, len(train), None, self.layout).to_vector(self.layout)
         if isinstance(t, FedHAPTrainer):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from proto.settings import PrivacySettings
+from federation.plan import PrivacySettings
 from security.accountant import OpacusAccountant
 from security.dp_budget import BudgetGuard
 from security.dp_cohort import sum_noise_multiplier

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from participant.archive import Archive, ArchiveSnapshot
+from participant.search_encoder import fast_encoder
 from participant.search_errors import SearchRefused
 from participant.search_types import Hit, SearchAnswer
 from participant.site_model import SiteModel, load_site_model, snapshot_stamp
 from pfmh_model.hamming_index import HammingIndex
+from pfmh_model.retrieval import SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class ArchiveView:
             raise SearchRefused(f"the archive holds {snapshot.bits}-bit codes, the model makes {model.bits}-bit codes")
         self.model, self.snapshot = model, snapshot
         self.index = HammingIndex.from_word_major(np.asarray(snapshot.codes_t), snapshot.bits)
+        self.encode = fast_encoder(model) or model.encode_packed   # query records -> packed codes
 
     def check_features(self, image: np.ndarray, text: np.ndarray, present: np.ndarray) -> None:
         """Refuse queries whose feature dims differ from the model's.
@@ -59,8 +62,11 @@ class ArchiveView:
             raise SearchRefused(f"query {int(np.flatnonzero(~present.any(axis=1))[0])} has neither an image "
                                 "nor a text")
 
-    def search(self, image: np.ndarray, text: np.ndarray, present: np.ndarray, k: int) -> SearchAnswer:
-        """Encode the queries with this view's model and return the exact top-k of this generation.
+    def search_rows(self, image: np.ndarray, text: np.ndarray, present: np.ndarray, k: int) -> SearchResult:
+        """Encode the queries with this view's model; the exact top-k rows of this generation.
+
+        Shape:
+            - output: SearchResult with (q, min(k, archive size)) arrays
 
         Raises:
             SearchRefused: k out of range or malformed queries.
@@ -69,16 +75,25 @@ class ArchiveView:
             raise SearchRefused(f"k={k} must be within 1..{MAX_K}")
         self.check_features(image, text, present)
         q = len(present)
+        if not len(self.snapshot) or not q:
+            return SearchResult(np.zeros((q, 0), np.int64), np.zeros((q, 0), np.int32))
         image = image if image.shape[1] == self.model.image_dim else np.zeros((q, self.model.image_dim), np.float32)
         text = text if text.shape[1] == self.model.text_dim else np.zeros((q, self.model.text_dim), np.float32)
+        return self.index.search_packed(self.encode(image, text, present), k)
+
+    def search(self, image: np.ndarray, text: np.ndarray, present: np.ndarray, k: int) -> SearchAnswer:
+        """:meth:`search_rows`, with record ids and label names.
+
+        Raises:
+            SearchRefused: k out of range or malformed queries.
+        """
+        result = self.search_rows(image, text, present, k)
         snap = self.snapshot
-        hits: list[list[Hit]] = [[] for _ in range(q)]
-        if len(snap) and q:
-            result = self.index.search_packed(self.model.encode_packed(image, text, present), k)
-            for i, (rows, dists) in enumerate(zip(result.indices, result.distances, strict=True)):
-                ids, labels = snap.record_ids(rows), snap.record_labels(rows)
-                hits[i] = [Hit(ids[j], int(rows[j]), int(dists[j]), None if labels is None else tuple(labels[j]))
-                           for j in range(len(rows))]
+        hits: list[list[Hit]] = []
+        for rows, dists in zip(result.indices, result.distances, strict=True):
+            ids, labels = snap.record_ids(rows), snap.record_labels(rows)
+            hits.append([Hit(ids[j], int(rows[j]), int(dists[j]), None if labels is None else tuple(labels[j]))
+                         for j in range(len(rows))])
         return SearchAnswer(hits, self.model.version, snap.generation, len(snap), snap.has_ids)
 
 

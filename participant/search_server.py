@@ -10,6 +10,7 @@ refused and in-flight ones get ``search.grace_s`` to finish.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -26,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from participant.archive_ops import archive_of
 from participant.config import SiteConfig
 from participant.search_engine import ArchiveView, SearchEngine, SearchRefused
+from participant.search_wire import ReplyWriter
 from proto import search_pb2 as spb
 from proto import search_pb2_grpc as spb_grpc
 from proto.settings import SettingsError
@@ -50,6 +52,7 @@ class SearchMetrics:
         self.model_info = Gauge("pfmh_search_model_info", "1 for the served model version", ["version"],
                                 registry=registry)
         self.reloads = Counter("pfmh_search_reloads", "View swaps after a new model or archive", registry=registry)
+        self.ok, self.refused = self.queries.labels("ok"), self.queries.labels("refused")  # no per-call lookup
 
     def served(self, view: ArchiveView) -> None:
         self.archive_records.set(len(view.snapshot))
@@ -78,26 +81,32 @@ def _queries(request: spb.SearchRequest, view: ArchiveView) -> tuple[np.ndarray,
 
 
 class SearchServicer(spb_grpc.SearchServicer):
-    """Thin: proto to arrays, one view per request, answer to proto."""
+    """Thin: proto to arrays, one view per request, answer to reply bytes (``search_wire``)."""
 
     def __init__(self, engine: SearchEngine, metrics: SearchMetrics) -> None:
         self.engine, self.metrics = engine, metrics
+        self._writer: tuple[ArchiveView | None, ReplyWriter | None] = (None, None)
 
-    def Search(self, request: spb.SearchRequest, context: grpc.ServicerContext) -> spb.SearchReply:  # noqa: N802
+    def _writer_for(self, view: ArchiveView) -> ReplyWriter:
+        served, writer = self._writer
+        if served is not view or writer is None:
+            writer = ReplyWriter(view.snapshot, view.model.version)
+            self._writer = (view, writer)                     # one assignment: threads see either pair
+        return writer
+
+    def Search(self, request: spb.SearchRequest, context: grpc.ServicerContext) -> bytes:  # noqa: N802
+        """The serialised ``SearchReply`` (registered with an identity serializer, see :func:`add_to_server`)."""
         started = time.perf_counter()
         view = self.engine.view  # one view for the whole request: one model, one generation
         try:
-            answer = view.search(*_queries(request, view), int(request.k))
+            result = view.search_rows(*_queries(request, view), int(request.k))
         except SearchRefused as exc:
-            self.metrics.queries.labels("refused").inc(max(1, len(request.queries)))
+            self.metrics.refused.inc(max(1, len(request.queries)))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        reply = spb.SearchReply(model_version=answer.model_version, generation=answer.generation,
-                                archive_size=answer.archive_size, record_ids=answer.has_ids)
-        for hits in answer.hits:
-            result = reply.results.add()
-            for hit in hits:
-                result.hits.add(record_id=hit.record_id, row=hit.row, distance=hit.distance, labels=hit.labels or ())
-        self.metrics.queries.labels("ok").inc(len(request.queries))
+        writer = self._writer_for(view)
+        reply = writer.reply([writer.result(rows, dists) for rows, dists in
+                              zip(result.indices, result.distances, strict=True)])
+        self.metrics.ok.inc(len(request.queries))
         self.metrics.latency.observe(time.perf_counter() - started)
         return reply
 
@@ -107,6 +116,19 @@ class SearchServicer(spb_grpc.SearchServicer):
                               generation=view.snapshot.generation, bits=view.model.bits,
                               image_dim=view.model.image_dim, text_dim=view.model.text_dim,
                               index_ready=view.index.ready)
+
+
+def add_to_server(servicer: SearchServicer, server: grpc.Server) -> None:
+    """``search_pb2_grpc.add_SearchServicer_to_server``, except that ``Search`` returns reply bytes."""
+    handlers = {
+        "Search": grpc.unary_unary_rpc_method_handler(servicer.Search,
+                                                      request_deserializer=spb.SearchRequest.FromString,
+                                                      response_serializer=None),
+        "Stats": grpc.unary_unary_rpc_method_handler(servicer.Stats, request_deserializer=spb.StatsRequest.FromString,
+                                                     response_serializer=spb.StatsReply.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _credentials(cfg: SiteConfig, base: Path) -> grpc.ServerCredentials:
@@ -154,7 +176,7 @@ def run_search_server(cfg: SiteConfig, *, base: Path, registry: CollectorRegistr
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.search.max_workers,
                                                     thread_name_prefix="pfmh-search"),
                          maximum_concurrent_rpcs=cfg.search.max_workers * 4)
-    spb_grpc.add_SearchServicer_to_server(SearchServicer(engine, metrics), server)
+    add_to_server(SearchServicer(engine, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = listen or cfg.search.listen
@@ -195,6 +217,10 @@ def serve_until_signal(cfg: SiteConfig, base: Path) -> int:
         host, _, metrics_port = cfg.search.metrics_listen.rpartition(":")
         start_http_server(int(metrics_port), addr=host or "127.0.0.1", registry=registry)
     with run_search_server(cfg, base=base, registry=registry, wake=wake) as (_, port, _engine):
+        # Everything alive now (torch, the model, the mapped archive's objects) leaves the collector's
+        # generations, so a full collection no longer walks it in the middle of a request.
+        gc.collect()
+        gc.freeze()
         print(f"{cfg.site}: search serving on port {port}", flush=True)
         while not stop.wait(1.0):
             pass

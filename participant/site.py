@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
+from federation.layout import upload_layout
+from federation.plan import FederationSettings
+from federation.secagg import secagg_config
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned
 from participant.config import SiteConfig
 from participant.ledger_sync import LedgerReporter, require_coordinator_head
 from participant.local_release import LocalRelease, load_frozen_encoder
 from participant.metrics import SiteMetrics
 from participant.privacy import PROTOTYPE_MECHANISM, SitePrivacy
-from pfmh_model.aggregation import UploadLayout
 from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.evaluation import mean_average_precision
@@ -33,16 +35,14 @@ from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
 from proto import federation_pb2 as pb
-from proto.settings import PROTOCOL_VERSION, FederationSettings
+from proto.settings import PROTOCOL_VERSION
 from proto.tensors import from_tensor
 from security.consistency import SurvivorSignature
 from security.dp_cohort import noise_cohort
 from security.errors import BudgetExceeded, SecurityError
 from security.pki import Role
 from security.pki_verify import load_certificate, load_crl, site_signing_public_key, verify_peer_certificate
-from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
-from security.secagg_config import SecAggConfig
 from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
 from security.signing import SigningKey, VerifyKey
 
@@ -133,15 +133,15 @@ class SiteDaemon:
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
-                                    batch_seed=site_batch_seed(int(settings.train.get("seed", 0)), self.site_index),
+                                    batch_seed=site_batch_seed(settings.train.seed, self.site_index),
                                     method=settings.method, fedhap=settings.fedhap, device=self.cfg.device)
         frozen = self.cfg.privacy.frozen_encoder
         self.frozen_encoder = load_frozen_encoder(  # before any training or restore: the common initial weights
             self.trainer.personal, self.base / frozen if frozen else None, settings.privacy.frozen_encoder_sha256
         ) if settings.privacy.mode != "off" and settings.privacy.statistics_encoder == "frozen" else None
-        bits, protos = self.trainer.config.bits, settings.uses_prototypes
-        self.layout = UploadLayout(settings.num_classes if protos else 0, bits if protos else 0,
-                                   flatten_state(self.trainer.shared_state()).size if settings.shares_model else 0)
+        bits = self.trainer.config.bits
+        self.layout = upload_layout(settings, shared_size=flatten_state(self.trainer.shared_state()).size
+                                    if settings.shares_model else None)
         self.prototypes = initial_prototypes(settings.num_classes, bits, seed=self.trainer.config.seed,
                                              method=settings.method)
         self.privacy = SitePrivacy(settings.privacy, epsilon_max=self.cfg.privacy.epsilon_max,
@@ -162,13 +162,7 @@ class SiteDaemon:
         if self.cfg.privacy.require_dp and not self.privacy.enabled:
             raise SecurityError("the federation's DP mode is 'off' but this site requires DP "
                                 "(privacy.require_dp = true in its config); not joining")
-        self.secagg_config = SecAggConfig(
-            federation_id=settings.federation_id, vector_length=self.layout.length,
-            fraction_bits=settings.secagg.fraction_bits, max_abs_value=settings.secagg.max_abs_value,
-            neighbours=settings.secagg.neighbours or None, threshold=settings.secagg.threshold or None,
-            prg=PrgAlgorithm(settings.secagg.prg),
-            colluders=None if settings.secagg.colluders < 0 else settings.secagg.colluders,
-            consistency_check=settings.secagg.consistency_check)
+        self.secagg_config = secagg_config(settings, vector_length=self.layout.length)
         self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=self.secagg_config)
         self.after_round = self.completed_rounds = 0
         self._restore()

@@ -103,9 +103,9 @@ def load_site_model(state_dir: Path) -> SiteModel:
     Raises:
         ModelNotReady: no snapshot yet, or no completed round in it.
     """
+    from federation.plan import FederationSettings
     from participant.local_release import LocalRelease  # the same per-record norms the daemon trained with
     from pfmh_model.trainer_factory import make_trainer
-    from proto.settings import FederationSettings
 
     stamp = snapshot_stamp(state_dir)
     if stamp is None or not (state_dir / "settings.json").is_file():

@@ -28,17 +28,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a synthetic multi-modal hashing dataset (HDF5, I/T/L layout), "
         "or inspect a dataset file and print its per-site class histograms.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="mirflickr",
-                        help="synthetic dataset to write (default: mirflickr)")
+                        help="synthetic dataset to write (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (generation, or the partition with "
-                        "--inspect; default 0)")
+                        "--inspect; default: %(default)s)")
     parser.add_argument("--out", type=Path, help="output file (default: data/synthetic_<preset>.h5)")
     parser.add_argument("--inspect", type=Path, metavar="FILE", help="load FILE, describe it and print the "
                         "per-site class histograms instead of generating")
-    parser.add_argument("--sites", type=int, default=10, help="sites for --inspect (default 10)")
+    parser.add_argument("--sites", type=int, default=10, help="sites for --inspect (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.1,
-                        help="Dirichlet alpha for --inspect (default 0.1)")
+                        help="Dirichlet alpha for --inspect (default: %(default)s)")
     parser.add_argument("--split", choices=list(SPLIT_KEYS), default="train",
-                        help="split whose histogram --inspect prints (default train)")
+                        help="split whose histogram --inspect prints (default: %(default)s)")
     return parser
 
 

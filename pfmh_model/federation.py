@@ -211,9 +211,7 @@ class Federation:
         """Every site's upload vector and losses for this round (in workers when there are any)."""
         if self.workers is not None:
             return self.workers.local_work(self.state)
-        # The batched path has no modality dropout (issue 17's option): such runs train one site at a time.
-        if (self.config.sites_together and self.config.method is not Method.FEDHAP
-                and not self.config.train.modality_dropout):
+        if self.config.sites_together and self.config.method is not Method.FEDHAP:
             return self._local_updates_together()
         uploads, all_losses = [], []
         for trainer, data in zip(self.trainers, self.train_sites, strict=True):

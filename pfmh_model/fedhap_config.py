@@ -41,8 +41,10 @@ class FedHAPConfig:
             raise OptionError(f"FedHAPConfig.disc_hidden={self.disc_hidden!r} is invalid: need an integer >= 1")
 
 
-def fedhap_config(options: Mapping[str, Any] | None) -> FedHAPConfig:
-    """FedHAPConfig from a plain mapping; unknown keys or bad values raise ConfigError."""
+def fedhap_config(options: Mapping[str, Any] | FedHAPConfig | None) -> FedHAPConfig:
+    """FedHAPConfig from a plain mapping; unknown keys or bad values raise ConfigError. A FedHAPConfig passes."""
+    if isinstance(options, FedHAPConfig):  # already typed (the federation plan's ``fedhap``)
+        return options
     options = dict(options or {})
     names = {f.name for f in dataclasses.fields(FedHAPConfig)}
     unknown = sorted(set(options) - names)

@@ -1,5 +1,5 @@
-"""A site's archive of binary codes: append, exact top-k search (linear scan or multi-index hashing),
-atomic save and load."""
+"""A site's archive of binary codes: append, exact top-k search (linear scan, distinct codes, pivot groups or
+multi-index hashing), atomic save and load."""
 from __future__ import annotations
 
 import os
@@ -12,13 +12,15 @@ from pfmh_model.distinct_codes import DistinctCodes, worth_grouping
 from pfmh_model.errors import ConfigError, DataError
 from pfmh_model.multi_index import MultiIndexHashing
 from pfmh_model.packed_codes import WORD_BITS, check_packed, pack_codes, words_for
+from pfmh_model.pivot_groups import PivotGroups, worth_pivots
 from pfmh_model.retrieval import SearchResult, chunk_rows, search_transposed
 
 # From this archive size on, HammingIndex searches with multi-index hashing: on learned (clustered)
 # codes it ran 14x faster than the linear scan at 1e6 codes, on uniform random codes as fast; at
 # 1e5 it was slower on random codes (docs/BENCHMARKS.md, "Retrieval speed"). From the same size
 # on, an archive whose codes repeat a lot (at most 1 in 8 distinct, judged on a sample) is searched
-# through its distinct codes instead (pfmh_model.distinct_codes).
+# through its distinct codes instead (pfmh_model.distinct_codes), and one whose codes cluster
+# (judged on a sample) through pivot groups (pfmh_model.pivot_groups).
 MIH_MIN_ARCHIVE = 250_000
 
 
@@ -26,9 +28,9 @@ class HammingIndex:
     """A site's archive of binary codes: append codes, exact top-k search, atomic save and load.
 
     Codes are stored packed (8 bytes per 64 bits). Search is ``retrieval.search``'s exact linear scan, or
-    from ``MIH_MIN_ARCHIVE`` codes on exact multi-index hashing, or the distinct-code search when
-    codes repeat (built on the first search after an ``add``, or by :meth:`prepare`); all give the
-    same answer. Result positions are the order in which codes were added,
+    from ``MIH_MIN_ARCHIVE`` codes on the distinct-code search when codes repeat, pivot groups when
+    they cluster, or exact multi-index hashing otherwise (built on the first search after an ``add``,
+    or by :meth:`prepare`); all give the same answer. Result positions are the order in which codes were added,
     starting at 0.
 
     Args:
@@ -47,7 +49,7 @@ class HammingIndex:
         self.build_on_search = build_on_search  # False: the linear scan answers until prepare() is done
         self._blocks: list[np.ndarray] = []
         self._archive_t: np.ndarray | None = None
-        self._fast: MultiIndexHashing | DistinctCodes | None = None  # over the current archive, built lazily
+        self._fast: MultiIndexHashing | DistinctCodes | PivotGroups | None = None  # over the archive, built lazily
 
     @classmethod
     def from_word_major(cls, archive_t: np.ndarray, bits: int, *, build_on_search: bool = False) -> HammingIndex:
@@ -75,11 +77,13 @@ class HammingIndex:
 
     @property
     def method(self) -> str:
-        """What answers searches now: "linear scan", "multi-index hashing" or "distinct codes"."""
+        """What answers searches now: "linear scan", "distinct codes", "pivot groups" or "multi-index hashing"."""
         fast = self._fast
         if fast is None:
             return "linear scan"
-        return "distinct codes" if isinstance(fast, DistinctCodes) else "multi-index hashing"
+        if isinstance(fast, DistinctCodes):
+            return "distinct codes"
+        return "pivot groups" if isinstance(fast, PivotGroups) else "multi-index hashing"
 
     @property
     def ready(self) -> bool:
@@ -87,12 +91,20 @@ class HammingIndex:
         return len(self) < MIH_MIN_ARCHIVE or self._fast is not None
 
     def prepare(self) -> None:
-        """Build the multi-index tables now when the archive is large enough to use them (thread-safe to call
-        while other threads search: they switch to the tables once built)."""
+        """Build the fast structure now when the archive is large enough to use one (thread-safe to call
+        while other threads search: they switch to it once built).
+
+        Codes that repeat: distinct codes; codes that cluster: pivot groups; otherwise multi-index
+        hashing (each judged on a sample of the archive).
+        """
         if len(self) >= MIH_MIN_ARCHIVE and self._fast is None:
             packed = self.packed
-            self._fast = DistinctCodes(packed, self.bits) if worth_grouping(packed) else \
-                MultiIndexHashing(packed, self.bits)
+            if worth_grouping(packed):
+                self._fast = DistinctCodes(packed, self.bits)
+            elif worth_pivots(packed, self.bits):
+                self._fast = PivotGroups(packed, self.bits)
+            else:
+                self._fast = MultiIndexHashing(packed, self.bits)
 
     def __len__(self) -> int:
         return sum(block.shape[0] for block in self._blocks)

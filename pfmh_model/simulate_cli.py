@@ -53,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", type=Path, help="HDF5 file in the community layout (I_tr T_tr L_tr I_db ...)")
     src.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                     help="built-in synthetic dataset (used when --data is not given)")
+                     help="built-in synthetic dataset, used when --data is not given (default: %(default)s)")
     p.add_argument("--methods", default="pfmh",
-                   help="comma list of: " + ", ".join([m.value for m in Method] + list(BASELINES)))
-    p.add_argument("--sites", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration of the non-IID split")
+                   help="comma list of: " + ", ".join([m.value for m in Method] + list(BASELINES))
+                        + " (default: %(default)s)")
+    p.add_argument("--sites", type=int, default=10, help="number of sites (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.1,
+                   help="Dirichlet concentration of the non-IID split (default: %(default)s)")
     p.add_argument("--partition", type=Path, default=None,
                    help="JSON file of per-site train/database/query row lists (the layout of "
                         "shared/data/wiki_ref_partition.json) instead of a Dirichlet draw; --sites and --alpha "
@@ -65,31 +67,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-partition", type=Path, default=None, help="write the partition used to this JSON file")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of each site's training records held out (never trained on) to report its "
-                        "validation mAP every evaluated round; 0: none")
+                        "validation mAP every evaluated round; 0: none (default: %(default)s)")
     p.add_argument("--select-on-validation", action="store_true",
                    help="each site searches with the shared model of its best validation round so far")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--bits", type=int, default=64)
-    p.add_argument("--personal-epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--shared-epochs", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--lr", type=float, default=None, help="default: TrainConfig's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (default: %(default)s)")
+    p.add_argument("--bits", type=int, default=64, help="code length (default: %(default)s)")
+    train = TrainConfig()  # the defaults below are TrainConfig's own
+    p.add_argument("--personal-epochs", type=int, default=train.personal_epochs,
+                   help="local epochs of the personal model (default: %(default)s)")
+    p.add_argument("--shared-epochs", type=int, default=train.shared_epochs,
+                   help="local epochs of the shared model (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=train.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=train.batch_size,
+                   help="training batch size (default: %(default)s)")
+    p.add_argument("--shared-lr-decay", type=float, default=train.shared_lr_decay,
+                   help="the shared model's lr falls by this factor per round (default: %(default)s)")
     p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
                    help="what sites share besides prototype statistics (default: %(default)s, as the daemons)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split and the initial weights (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch intra-op threads (0: one per core, which thrashes when anything else runs; "
-                        "see pfmh_model/threads.py)")
+                        "see pfmh_model/threads.py; default: %(default)s)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N: where the sites train "
-                   "(codes and statistics come back as numpy either way)")
+                   "(codes and statistics come back as numpy either way; default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes the sites are spread over, one torch thread each (0: one per core, at most "
                         "one per site). More than 1 pays only on idle cores: on a busy machine the extra "
-                        "process costs CPU (docs/BENCHMARKS.md)")
+                        "process costs CPU (docs/BENCHMARKS.md; default: %(default)s)")
     p.add_argument("--one-site-at-a-time", action="store_true",
                    help="train the sites one after another instead of as one batched computation")
-    p.add_argument("--out", type=Path, default=Path("runs/simulate"), help="directory for result.json and result.png")
+    p.add_argument("--out", type=Path, default=Path("runs/simulate"),
+                   help="directory for result.json and result.png (default: %(default)s)")
     p.add_argument("--show-partition", action="store_true", help="print per-site class histograms of the split")
     p.add_argument("--quiet", action="store_true", help="only the final summary")
     return p
@@ -108,7 +118,7 @@ def _load(args: argparse.Namespace) -> MultiModalDataset:
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {"bits": args.bits, "seed": args.seed}
     for flag, name in (("personal_epochs", "personal_epochs"), ("shared_epochs", "shared_epochs"),
-                       ("lr", "lr"), ("batch_size", "batch_size")):
+                       ("lr", "lr"), ("batch_size", "batch_size"), ("shared_lr_decay", "shared_lr_decay")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
     return dataclasses.replace(TrainConfig(), **overrides)

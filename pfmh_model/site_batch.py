@@ -100,6 +100,7 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
     teacher_buf = None if sites.teachers is None else torch.zeros(a_max, pad, cfg.bits, device=device)
     keep_bufs = [torch.zeros(a_max, pad, w, dtype=torch.bool, device=device) for w in stack.dropout_widths]
     generators = [trainers[k].generator for k in order]
+    present_buf = torch.ones(a_max, pad, 2, device=device) if cfg.modality_dropout else None
     history = torch.full((steps[order[0]], a_max, len(weights)), float("nan"), device=device)
     positions = torch.arange(pad, device=device)
     for t in range(steps[order[0]]):
@@ -115,6 +116,9 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
             torch.index_select(lab, 0, idx, out=lab_buf[j, :length])
             if teacher_buf is not None and sites.teachers is not None:
                 torch.index_select(sites.teachers[j], 0, idx, out=teacher_buf[j, :length])
+            mask = trainers[order[j]]._modality_mask(length)  # noqa: SLF001 - before the dropout masks, as alone
+            if present_buf is not None and mask is not None:
+                present_buf[j, :length] = mask
         rows_t = max(lengths)  # pad this step's batches only as far as its longest
         count = torch.tensor(lengths, dtype=torch.float32, device=device)
         rows = (positions[:rows_t].unsqueeze(0) < count.unsqueeze(1)).to(torch.float32)
@@ -128,7 +132,7 @@ def _train(trainers: Sequence[SiteTrainer], splits: Sequence[Records], model: st
             keeps.append(buf[:a, :rows_t].to(torch.float32).mul_(drop.scale))
         leaves = stack.leaves(a)
         codes = forward(stack, leaves, img_buf[:a, :rows_t], txt_buf[:a, :rows_t], rows.unsqueeze(2),
-                        count.view(a, 1, 1), keeps)
+                        count.view(a, 1, 1), keeps, None if present_buf is None else present_buf[:a, :rows_t])
         teacher = None if teacher_buf is None else teacher_buf[:a, :rows_t]
         parts = _terms(weights, codes, lab_buf[:a, :rows_t], rows, count, sites.extras, teacher, a, cfg.temperature)
         torch.stack([weights[key] * value for key, value in parts.items()]).sum().backward()

@@ -187,7 +187,8 @@ def _norm(nets: StackedNets, w: Mapping[str, torch.Tensor], name: str, x: torch.
 
 
 def forward(nets: StackedNets, w: Mapping[str, torch.Tensor], image: torch.Tensor, text: torch.Tensor,
-            rows: torch.Tensor, count: torch.Tensor, keeps: Sequence[torch.Tensor | None]) -> torch.Tensor:
+            rows: torch.Tensor, count: torch.Tensor, keeps: Sequence[torch.Tensor | None],
+            present: torch.Tensor | None = None) -> torch.Tensor:
     """``HashNet.forward`` in training mode for a sites, each with its own weights.
 
     Args:
@@ -197,10 +198,11 @@ def forward(nets: StackedNets, w: Mapping[str, torch.Tensor], image: torch.Tenso
         rows: 1 for a valid row, 0 for padding.
         count: valid rows per site (>= 2).
         keeps: per layer of :data:`DROPOUT_ORDER`, the scaled keep mask, or None for no dropout.
+        present: the modality mask of each row (``HashNet.forward``'s ``present``), or None: both.
 
     Shape:
         - image: (a, B, image_dim); text: (a, B, text_dim); rows: (a, B, 1); count: (a, 1, 1)
-        - keeps[i]: (a, B, width of that layer)
+        - keeps[i]: (a, B, width of that layer); present: (a, B, 2) float32 in {0, 1}
         - output: (a, B, bits) float32; padded rows hold finite values of no meaning
     """
     def block(prefix: str, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -212,7 +214,10 @@ def forward(nets: StackedNets, w: Mapping[str, torch.Tensor], image: torch.Tenso
 
     f_img = block("image_branch.blocks.1", block("image_branch.blocks.0", image, keeps[0]), keeps[1])
     f_txt = block("text_branch.blocks.1", block("text_branch.blocks.0", text, keeps[2]), keeps[3])
-    fused = gate("image_gate", f_img) * f_img + gate("text_gate", f_txt) * f_txt
+    g_img, g_txt = gate("image_gate", f_img), gate("text_gate", f_txt)
+    if present is not None:  # a missing modality's gate is closed
+        g_img, g_txt = g_img * present[:, :, :1], g_txt * present[:, :, 1:]
+    fused = g_img * f_img + g_txt * f_txt
     z = torch.tanh(_norm(nets, w, "fusion.1", _linear(w, "fusion.0", fused), rows, count))
     z = torch.relu(_linear(w, "expand", z))
     hidden = torch.relu(_linear(w, "neck_in", z))

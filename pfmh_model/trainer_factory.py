@@ -15,13 +15,15 @@ import torch
 
 from pfmh_model.errors import ConfigError
 from pfmh_model.fedhap import FedHAPTrainer
-from pfmh_model.fedhap_config import fedhap_config
+from pfmh_model.fedhap_config import FedHAPConfig, fedhap_config
 from pfmh_model.network import make_dp_compatible
 from pfmh_model.training import LossWeights, SiteTrainer, TrainConfig, flatten_state
 
 
-def train_config(options: Mapping[str, Any]) -> TrainConfig:
-    """TrainConfig from a plain mapping (e.g. TOML/JSON); unknown keys raise ConfigError."""
+def train_config(options: Mapping[str, Any] | TrainConfig) -> TrainConfig:
+    """TrainConfig from a plain mapping (e.g. TOML/JSON); unknown keys raise ConfigError. A TrainConfig passes."""
+    if isinstance(options, TrainConfig):  # already typed (the federation plan's ``train``)
+        return options
     options = dict(options)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - names)
@@ -32,9 +34,10 @@ def train_config(options: Mapping[str, Any]) -> TrainConfig:
     return dataclasses.replace(TrainConfig(), **options)
 
 
-def make_trainer(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
+def make_trainer(options: Mapping[str, Any] | TrainConfig, *, image_dim: int, text_dim: int, num_classes: int,
                  dp_compatible: bool = False, dp_personal: bool = False, batch_seed: int | None = None,
-                 method: str = "pfmh", fedhap: Mapping[str, Any] | None = None, device: str = "cpu") -> SiteTrainer:
+                 method: str = "pfmh", fedhap: Mapping[str, Any] | FedHAPConfig | None = None,
+                 device: str = "cpu") -> SiteTrainer:
     """A trainer whose initial weights depend only on ``options['seed']`` (common to all sites).
 
     ``method`` "fedhap" gives a :class:`~pfmh_model.fedhap.FedHAPTrainer` with the ``fedhap`` knobs;
@@ -66,7 +69,7 @@ def use_dp_norms(trainer: SiteTrainer, *, shared: bool, personal: bool) -> None:
                                                 weight_decay=config.weight_decay)
 
 
-def shared_model_size(options: Mapping[str, Any], *, image_dim: int, text_dim: int, num_classes: int,
+def shared_model_size(options: Mapping[str, Any] | TrainConfig, *, image_dim: int, text_dim: int, num_classes: int,
                       dp_compatible: bool = False) -> int:
     """Number of float values ``flatten_state`` yields for the shared model."""
     trainer = make_trainer(options, image_dim=image_dim, text_dim=text_dim, num_classes=num_classes,

@@ -144,9 +144,9 @@ class SiteTrainer:
         p = self.config.modality_dropout
         if p == 0:
             return None
-        draw = torch.rand(n, 2, generator=self.generator)
+        draw = torch.rand(n, 2, generator=self.generator, device=self.device)
         hidden, image_side = draw[:, 0] < p, draw[:, 1] < 0.5
-        mask = torch.ones(n, 2)
+        mask = torch.ones(n, 2, device=self.device)
         mask[hidden & image_side, 0] = 0.0
         mask[hidden & ~image_side, 1] = 0.0
         return mask

@@ -1,18 +1,18 @@
-"""Typed settings: a strict TOML/JSON -> frozen-dataclass builder and the federation-wide settings.
+"""A strict TOML/JSON -> frozen-dataclass builder, and the wire protocol version.
 
-``FederationSettings`` is part of the wire contract: the coordinator sends it as JSON in
-``JoinReply.settings_json`` so every site trains, encodes and masks with the same parameters.
-``build`` is the one loader both daemons use: unknown keys and wrong types raise
-``SettingsError`` naming the file and the key path (house rule 9).
+``build`` is the one loader both daemons use: unknown keys, wrong types and broken rules raise
+``SettingsError`` naming the file and the key path (house rule 9), e.g.
+``coordinator.toml: federation.train.bitz: unknown key (known: batch_size, bits, ...)``.
+The typed federation plan built with it lives in ``federation/plan.py``; this module imports
+nothing of ours, so ``proto`` stays in its layer.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import enum
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,9 +24,46 @@ class SettingsError(Exception):
     """A config file or settings document is invalid; the message names the file and key path."""
 
 
+class FieldError(ValueError):
+    """Raised by a dataclass's ``__post_init__`` to blame one key (a dotted path below the table).
+
+    ``build`` turns it into ``SettingsError("<table>.<key>: <message>")``.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+def check_address(key: str, value: str, *, empty_ok: bool = False) -> None:
+    """``value`` is ``host:port`` with a port in 1..65535 (0 too, "any free port", for a listen address).
+
+    Raises:
+        FieldError: naming ``key``.
+    """
+    if empty_ok and value == "":
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise FieldError(key, f"{value!r} is not host:port (e.g. \"127.0.0.1:50051\")"
+                         + (" or empty" if empty_ok else ""))
+
+
+def check_range(obj: Any, key: str, *, low: float, high: float = float("inf"), low_open: bool = False) -> None:
+    """``obj.<key>`` is a number in ``[low, high]`` (``(low, high]`` with ``low_open``), else FieldError."""
+    value = getattr(obj, key)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value <= high \
+        and (value > low if low_open else value >= low)
+    if not ok:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise FieldError(key, f"{value!r} must be {bound}" + (f" and <= {high:g}" if high != float("inf") else ""))
+
+
 def _check(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
         if not isinstance(value, dict):
             raise SettingsError(f"{where}: expected a table, got {type(value).__name__}")
         return build(tp, value, where)
@@ -71,19 +108,39 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against (and converted to) the annotation ``tp``: enums, nested dataclasses."""
+    return _check(value, tp, where)
+
+
 def build(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and wrong types raise)."""
+    """Build dataclass ``cls`` from a mapping, strictly (unknown keys, wrong types and broken rules raise).
+
+    Raises:
+        SettingsError: ``"<where>.<key>: <what is wrong>"``; an unknown key lists the known ones.
+    """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
     if unknown:
-        raise SettingsError(f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {k: _check(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+        raise SettingsError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check(v, hints[k], _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except TypeError as exc:  # a required key is missing
+        missing = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                   if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise SettingsError(f"{_join(where, missing[0])}: required key is missing") from None
         raise SettingsError(f"{where or cls.__name__}: {exc}") from None
-    except ValueError as exc:  # dataclass invariants (__post_init__)
+    except FieldError as exc:  # a rule blames one key
+        raise SettingsError(f"{_join(where, exc.key)}: {exc.message}") from None
+    except ValueError as exc:  # other dataclass invariants (__post_init__)
         raise SettingsError(f"{where or cls.__name__}: {exc}") from None
 
 
@@ -102,6 +159,21 @@ def load_toml(cls: type[T], path: str | Path) -> T:
         raise SettingsError(f"{path}: {exc}") from None
 
 
+def key_paths(cls: type) -> list[str]:
+    """Every dotted key path of dataclass ``cls``'s tree, tables included (``"federation.train.weights.similarity"``).
+
+    The schema the example configs in ``deploy/config/`` are checked against.
+    """
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        paths.append(f.name)
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            paths += [f"{f.name}.{sub}" for sub in key_paths(tp)]
+    return paths
+
+
 def to_plain(obj: Any) -> Any:
     """A dataclass tree as JSON-able dicts (enums become their values)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -110,100 +182,6 @@ def to_plain(obj: Any) -> Any:
         return [to_plain(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, enum.Enum):
+        return obj.value
     return obj
-
-
-@dataclass(frozen=True)
-class SecAggSettings:
-    """Secure aggregation: 0 means 'choose the safe default for the cohort size'."""
-
-    threshold: int = 0
-    neighbours: int = 0
-    fraction_bits: int = 20
-    max_abs_value: float = 1.0e7
-    prg: str = "aes256-ctr"        # mask stream: aes256-ctr (fast with AES-NI) or chacha20
-    colluders: int = -1            # colluding sites to tolerate; -1: as many as the threshold allows
-    consistency_check: bool = True  # false: semi-honest protocol, only against an honest coordinator
-
-
-@dataclass(frozen=True)
-class PrivacySettings:
-    """The federation's DP policy for prototype statistics (and DP-SGD when the model is shared)."""
-
-    mode: str = "local"            # off | local | distributed
-    noise_multiplier: float = 1.0
-    delta: float = 1.0e-5
-    accountant: str = "rdp"        # rdp | prv
-    label_cap: int = 0             # 0: scale every record by 1/sqrt(#labels)
-    dp_sgd_noise_multiplier: float = 1.0
-    dp_sgd_max_grad_norm: float = 1.0
-    # Which model computes the released statistics (docs/PRIVACY.md, "The DP chain"):
-    #   dp_sgd: the site's personal model, trained with Opacus DP-SGD (composed in the same accountant);
-    #   frozen: a model never trained on the site's records (weights named by frozen_encoder_sha256,
-    #           or the common seed-initialised network when that is empty).
-    statistics_encoder: str = "dp_sgd"
-    frozen_encoder_sha256: str = ""
-    colluding_sites: int = 0       # distributed mode: sites that may collude with the coordinator (c)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("off", "local", "distributed"):
-            raise ValueError(f"privacy.mode={self.mode!r}: choose off, local or distributed")
-        if self.statistics_encoder not in ("dp_sgd", "frozen"):
-            raise ValueError(f"privacy.statistics_encoder={self.statistics_encoder!r}: choose dp_sgd or frozen")
-        if self.frozen_encoder_sha256 and self.statistics_encoder != "frozen":
-            raise ValueError("privacy.frozen_encoder_sha256 is set but privacy.statistics_encoder is not "
-                             "\"frozen\"")
-        if isinstance(self.colluding_sites, bool) or self.colluding_sites < 0:
-            raise ValueError(f"privacy.colluding_sites={self.colluding_sites!r} must be an integer >= 0")
-
-    @property
-    def trains_encoder_with_dp_sgd(self) -> bool:
-        """DP is on and the statistics come from a model trained on the records (so DP-SGD trains it)."""
-        return self.mode != "off" and self.statistics_encoder == "dp_sgd"
-
-
-@dataclass(frozen=True)
-class FederationSettings:
-    """What every site must agree on; sent in ``JoinReply.settings_json``."""
-
-    federation_id: str
-    image_dim: int
-    text_dim: int
-    num_classes: int
-    method: str = "pfmh"                 # pfmh | fedavg | fedhap
-    share_mode: str = "prototypes"       # prototypes | prototypes+model (= pfmh_model.methods.DEFAULT_SHARE_MODE)
-    rounds: int = 5
-    min_sites: int = 2
-    train: dict[str, Any] = field(default_factory=dict)   # pfmh_model.training.TrainConfig fields
-    fedhap: dict[str, Any] = field(default_factory=dict)  # pfmh_model.fedhap_config.FedHAPConfig fields
-    secagg: SecAggSettings = field(default_factory=SecAggSettings)
-    privacy: PrivacySettings = field(default_factory=PrivacySettings)
-    train_timeout_s: float = 600.0
-    phase_timeout_s: float = 60.0
-
-    @property
-    def uses_prototypes(self) -> bool:
-        """Prototype statistics (PFMH) or class-code votes (FedHAP) travel in the upload."""
-        return self.method in ("pfmh", "fedhap")
-
-    @property
-    def shares_model(self) -> bool:
-        return self.method == "fedavg" or self.share_mode == "prototypes+model"
-
-    @property
-    def uses_dp_sgd(self) -> bool:
-        """The shared model is federated under DP, so it is trained with DP-SGD (and BatchNorm is swapped)."""
-        return self.privacy.mode != "off" and self.shares_model
-
-    def to_json(self) -> str:
-        return json.dumps(to_plain(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> FederationSettings:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f"settings document is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise SettingsError("settings document must be a JSON object")
-        return build(cls, data, "settings")

@@ -47,21 +47,21 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("init", "create the federation CA and an empty CRL")
     p.add_argument("--federation", required=True, help="federation id, [a-z0-9.-]{1,63}")
-    p.add_argument("--valid-days", type=int, default=3650)
+    p.add_argument("--valid-days", type=int, default=3650, help="CA certificate lifetime (default: %(default)s)")
     p = add("sign", "sign a site's certificate request (made with 'pfmh-participant enroll'; keys stay at the site)")
     p.add_argument("--csr", required=True, type=Path, help="the request file (PEM) the site sent")
     p.add_argument("--out", type=Path, help="certificate file to write (default: the CSR path with .crt)")
     p.add_argument("--expect", help="refuse unless the request names this identity")
     p.add_argument("--role", choices=[r.value for r in Role], default=Role.SITE.value,
-                   help="role the request must ask for (default: site)")
-    p.add_argument("--valid-days", type=int, default=365)
+                   help="role the request must ask for (default: %(default)s)")
+    p.add_argument("--valid-days", type=int, default=365, help="certificate lifetime (default: %(default)s)")
     p = add("issue", "issue a TLS certificate + Ed25519 signing key for a site or the coordinator "
                      "(keys made by the CA: prefer 'sign')")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--site", help="site name, [a-z0-9-]{1,63}")
     who.add_argument("--coordinator", action="store_true", help="issue the identity 'coordinator'")
     p.add_argument("--host", action="append", help="SAN IP/DNS (repeatable; default 127.0.0.1, localhost)")
-    p.add_argument("--valid-days", type=int, default=365)
+    p.add_argument("--valid-days", type=int, default=365, help="certificate lifetime (default: %(default)s)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--replace", action="store_true",
                      help="overwrite an existing identity with new keys (its old ledger no longer verifies)")
@@ -72,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--site", help="identity name (a site, or 'coordinator')")
     target.add_argument("--serial", help="certificate serial number in hex")
-    p.add_argument("--reason", choices=_REASONS, default="unspecified")
+    p.add_argument("--reason", choices=_REASONS, default="unspecified",
+                   help="revocation reason recorded in the CRL (default: %(default)s)")
     p = add("crl", "re-publish the CRL with a fresh next-update time")
-    p.add_argument("--valid-days", type=int, default=30)
+    p.add_argument("--valid-days", type=int, default=30,
+                   help="days until the CRL's next update; refresh it before then (default: %(default)s)")
     add("list", "list issued certificates", passphrase=False)
     p = add("verify", "verify a certificate against this CA and its CRL", passphrase=False)
     p.add_argument("cert", type=Path, help="PEM certificate file")

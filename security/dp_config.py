@@ -1,4 +1,7 @@
-"""``DPConfig``: the differential-privacy settings of a federation, validated when built.
+"""``DPConfig``: the differential-privacy policy of a federation, validated when built.
+
+The federation plan (``federation/plan.py``: ``PrivacySettings``) builds one at load time, so these
+rules are the ones both daemons enforce; each refusal names its setting (``UnsafeSetting.setting``).
 
 Secure choices are the defaults: local noise (private even against the coordinator), RDP accounting,
 weights ``1/sqrt(#labels)`` (sensitivity sqrt(2)) and secure aggregation on. The dataset-dependent rule
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from security.accountant import AccountantKind
 from security.dp_noise import NoiseMode
 from security.dp_sensitivity import l2_sensitivity
-from security.errors import UnsafeConfiguration
+from security.errors import UnsafeConfiguration, UnsafeSetting
 
 __all__ = ["DPMode", "DPConfig"]
 
@@ -59,22 +62,23 @@ class DPConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", DPMode(self.mode))
         object.__setattr__(self, "accountant", AccountantKind(self.accountant))
-        l2_sensitivity(label_cap=self.label_cap)  # validates label_cap
+        try:
+            l2_sensitivity(label_cap=self.label_cap)  # validates label_cap
+        except UnsafeConfiguration as exc:
+            raise UnsafeSetting("label_cap", str(exc)) from None
         if not 0.0 < self.delta < 1.0:
-            raise UnsafeConfiguration(f"dp.delta {self.delta!r} must be in (0, 1); "
-                                      "use well below 1/n_records")
+            raise UnsafeSetting("delta", f"delta={self.delta!r} must be in (0, 1); use well below 1/n_records")
         if not (math.isfinite(self.epsilon_max) and self.epsilon_max > 0.0):
-            raise UnsafeConfiguration(f"dp.epsilon_max {self.epsilon_max!r} must be > 0 and finite")
+            raise UnsafeSetting("epsilon_max", f"epsilon_max={self.epsilon_max!r} must be > 0 and finite")
         if self.mode is not DPMode.OFF and not (math.isfinite(self.noise_multiplier)
                                                 and self.noise_multiplier > 0.0):
-            raise UnsafeConfiguration(f"dp.noise_multiplier {self.noise_multiplier!r} must be > 0 when "
-                                      f"dp.mode is {self.mode.value!r}; set a positive sigma or mode 'off'")
+            raise UnsafeSetting("noise_multiplier", f"noise_multiplier={self.noise_multiplier!r} must be > 0 when "
+                                f"mode is {self.mode.value!r}; set a positive sigma or mode \"off\"")
         if isinstance(self.min_cohort, bool) or not isinstance(self.min_cohort, int) or self.min_cohort < 1:
-            raise UnsafeConfiguration(f"dp.min_cohort {self.min_cohort!r} must be an integer >= 1")
+            raise UnsafeSetting("min_cohort", f"min_cohort={self.min_cohort!r} must be an integer >= 1")
         if self.mode is DPMode.DISTRIBUTED and not self.secure_aggregation:
-            raise UnsafeConfiguration("dp.mode 'distributed' needs secure aggregation (each upload carries "
-                                      f"only 1/{self.min_cohort} of the noise variance); enable it or use "
-                                      "mode 'local'")
+            raise UnsafeSetting("mode", "mode 'distributed' needs secure aggregation (each upload carries "
+                                f"only 1/{self.min_cohort} of the noise variance); enable it or use mode 'local'")
 
     @property
     def enabled(self) -> bool:

@@ -54,6 +54,14 @@ class UnsafeConfiguration(SecurityError):
     """A configuration would void a security guarantee (threshold too low, neighbourhood too small, ...)."""
 
 
+class UnsafeSetting(UnsafeConfiguration):
+    """One named setting (``.setting``, a field name) has an unsafe or out-of-range value."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class KeyFormatError(SecurityError):
     """Key material could not be loaded: wrong type, length or encoding."""
 

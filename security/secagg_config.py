@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from security.errors import UnsafeConfiguration
+from security.errors import UnsafeConfiguration, UnsafeSetting
 from security.fixed_point import MAX_FRACTION_BITS, check_overflow
 from security.neighbours import default_neighbours, neighbourhood_size
 from security.prg import MAX_STREAM_VALUES, PrgAlgorithm
@@ -99,30 +99,30 @@ class SecAggConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.federation_id, str) or not self.federation_id:
-            raise UnsafeConfiguration(f"federation_id={self.federation_id!r} must be a non-empty string")
+            raise UnsafeSetting("federation_id", f"federation_id={self.federation_id!r} must be a non-empty string")
         if not _is_int(self.vector_length) or not 1 <= self.vector_length <= MAX_STREAM_VALUES:
             raise UnsafeConfiguration(f"vector_length={self.vector_length!r} must be an int in "
                                       f"[1, {MAX_STREAM_VALUES}]")
         if not _is_int(self.fraction_bits) or not 0 <= self.fraction_bits <= MAX_FRACTION_BITS:
-            raise UnsafeConfiguration(f"fraction_bits={self.fraction_bits!r} must be an int in "
-                                      f"[0, {MAX_FRACTION_BITS}]")
+            raise UnsafeSetting("fraction_bits", f"fraction_bits={self.fraction_bits!r} must be an int in "
+                                f"[0, {MAX_FRACTION_BITS}]")
         check_overflow(1, self.max_abs_value, self.fraction_bits)
         k, t = self.neighbours, self.threshold
         if k is not None and (not _is_int(k) or k < 2 or k % 2):
-            raise UnsafeConfiguration(f"neighbours={k!r} must be an even int >= 2, or None for the default")
+            raise UnsafeSetting("neighbours", f"neighbours={k!r} must be an even int >= 2, or None for the default")
         if t is not None and (not _is_int(t) or t < 2):
-            raise UnsafeConfiguration(f"threshold={t!r} must be an int >= 2 (t=1 makes every share the "
-                                      f"secret itself), or None for the default")
+            raise UnsafeSetting("threshold", f"threshold={t!r} must be an int >= 2 (t=1 makes every share the "
+                                f"secret itself), or None for the default")
         if k is not None and t is not None and 2 * t <= k + 1:
             raise UnsafeConfiguration(f"threshold={t} <= half of the {k + 1} holders (k={k} + self); "
                                       f"raise threshold above {(k + 1) / 2}")
         c = self.colluders
         if c is not None and (not _is_int(c) or c < 0):
-            raise UnsafeConfiguration(f"colluders={c!r} must be an int >= 0, or None for the largest allowed")
+            raise UnsafeSetting("colluders", f"colluders={c!r} must be an int >= 0, or None for the largest allowed")
         if not isinstance(self.consistency_check, bool):
             raise UnsafeConfiguration(f"consistency_check={self.consistency_check!r} must be a bool")
         if not isinstance(self.prg, PrgAlgorithm):
-            raise UnsafeConfiguration(f"prg={self.prg!r} must be one of {[p.value for p in PrgAlgorithm]}")
+            raise UnsafeSetting("prg", f"prg={self.prg!r} must be one of {[p.value for p in PrgAlgorithm]}")
 
     def plan(self, cohort_size: int) -> RoundPlan:
         """Resolve k and t for a cohort of ``cohort_size`` sites and check them and the overflow bound.

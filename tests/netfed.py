@@ -17,16 +17,16 @@ import numpy as np
 
 from coordinator.config import CoordinatorConfig, ServerSettings, TlsSettings
 from coordinator.server import run_server
+from federation.plan import FederationSettings, PrivacySettings, SecAggSettings
+from federation.secagg import secagg_config
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
-from proto.settings import PROTOCOL_VERSION, FederationSettings, PrivacySettings, SecAggSettings
+from proto.settings import PROTOCOL_VERSION
 from security.consistency import SurvivorSignature
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
 from security.pki_verify import load_certificate, site_signing_public_key
-from security.prg import PrgAlgorithm
 from security.secagg_client import SecAggClient
-from security.secagg_config import SecAggConfig
 from security.secagg_messages import AdvertiseKeys, EncryptedShare, KeyDirectory, UnmaskRequest, UnmaskResponse
 from security.signing import SigningKey, VerifyKey
 
@@ -97,14 +97,7 @@ class ScriptedSite:
         self.stub = pb_grpc.FederationStub(self.channel)
         self.ca_cert = load_certificate(ca)
         self.secagg = SecAggClient(name, signing_key=SigningKey.load(pki.root / name / "signing.key", passphrase=None),
-                                   config=SecAggConfig(federation_id=FED, vector_length=vector_length,
-                                                       fraction_bits=settings.secagg.fraction_bits,
-                                                       max_abs_value=settings.secagg.max_abs_value,
-                                                       neighbours=settings.secagg.neighbours or None,
-                                                       threshold=settings.secagg.threshold or None,
-                                                       prg=PrgAlgorithm(settings.secagg.prg),
-            colluders=None if settings.secagg.colluders < 0 else settings.secagg.colluders,
-            consistency_check=settings.secagg.consistency_check))
+                                   config=secagg_config(settings, vector_length=vector_length))
         self.round = 0
         self.settings = settings
         self.told: pb.UnmaskRequest | None = None

@@ -18,6 +18,7 @@ FORBIDDEN = {
     # The coordinator loads torch only to count a shared model's weights (lazily, in upload_layout),
     # and opacus only when `audit` recomputes epsilon; a prototype-only daemon runs without either.
     "coordinator": {"torch", "opacus", "participant"},
+    "federation": {"torch", "opacus", "coordinator", "participant"},  # the protocol layer both daemons share
     "participant": {"coordinator"},  # the ledger schema and checks both daemons use live in security
 }
 

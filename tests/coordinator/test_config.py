@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import load_config
+from pfmh_model.fedhap_config import FedHAPConfig
 from proto.settings import SettingsError
 
 BASE = """
@@ -41,20 +42,22 @@ def test_each_method_loads(tmp_path: Path, method: str) -> None:
 
 def test_fedhap_options_are_checked(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, 'method = "fedhap"\n', "[federation.fedhap]\nadversarial = 0.5\n"))
-    assert cfg.federation.fedhap == {"adversarial": 0.5}
-    with pytest.raises(SettingsError, match="unknown FedHAP option"):
+    assert cfg.federation.fedhap == FedHAPConfig(adversarial=0.5)
+    with pytest.raises(SettingsError, match=r"federation\.fedhap\.adversary: unknown key \(known: adversarial, "):
         load_config(write(tmp_path, 'method = "fedhap"\n', "[federation.fedhap]\nadversary = 0.5\n"))
     with pytest.raises(SettingsError, match="use method fedhap"):
         load_config(write(tmp_path, 'method = "pfmh"\n', "[federation.fedhap]\nadversarial = 0.5\n"))
 
 
 @pytest.mark.parametrize(("federation", "extra", "message"), [
-    ('method = "fedsgd"\n', "", "choose pfmh, fedavg or fedhap"),
+    ('method = "fedsgd"\n', "", "federation.method: 'fedsgd' is not one of: pfmh, fedavg"),
+    ('method = "local"\n', "", "federation.method: 'local' is not federated: choose pfmh, fedavg, fedhap"),
     ('method = "fedavg"\n', '[federation.privacy]\nmode = "local"\n', "no DP mechanism"),
     ('method = "fedhap"\nshare_mode = "prototypes+model"\n', '[federation.privacy]\nmode = "local"\n',
      "without DP-SGD support"),
-    ('share_mode = "everything"\n', "", "choose prototypes or prototypes+model"),
-    ("min_sites = 4\n", "", "must be within 1..3"),
+    ('share_mode = "everything"\n', "", "federation.share_mode: 'everything' is not one of: prototypes, "
+                                         "prototypes+model"),
+    ("min_sites = 4\n", "", "federation.min_sites: 4 must be within 1..3"),
 ])
 def test_refusals(tmp_path: Path, federation: str, extra: str, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
@@ -70,9 +73,9 @@ def test_missing_tls_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("privacy", "message"), [
     ('mode = "distributed"\ncolluding_sites = 2', r"privacy.colluding_sites = 2 >= the secure-aggregation threshold 2"),
-    ('mode = "lcoal"', r"privacy.mode='lcoal'"),
-    ('statistics_encoder = "public"', r"statistics_encoder='public'"),
-    ('frozen_encoder_sha256 = "ab"', r"frozen_encoder_sha256 is set but"),
+    ('mode = "lcoal"', r"federation\.privacy\.mode: 'lcoal' is not one of: off, local, distributed"),
+    ('statistics_encoder = "public"', r"federation\.privacy\.statistics_encoder: 'public' is not one of"),
+    ('frozen_encoder_sha256 = "ab"', r"frozen_encoder_sha256: is set but"),
     ('colluding_sites = -1', r"colluding_sites=-1"),
 ])
 def test_dp_settings_that_cannot_give_the_target_sigma_are_refused(tmp_path: Path, privacy: str, message: str) -> None:

@@ -7,15 +7,16 @@ written into the snapshot as the site daemon does.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
+from federation.plan import FederationSettings, PrivacySettings
 from participant.archive_ops import index_after_federation
 from pfmh_model.data import MultiModalDataset, Split, save_h5
 from pfmh_model.synthetic import generate
 from pfmh_model.trainer_factory import make_trainer
-from proto.settings import FederationSettings, PrivacySettings
 from security.pki import Role, create_ca
 from security.pki_issue import issue_certificate
 
@@ -42,8 +43,8 @@ def write_model(state: Path, data: MultiModalDataset, *, seed: int = 0, complete
     settings = settings_for(data, train)
     state.mkdir(parents=True, exist_ok=True)
     (state / "settings.json").write_text(settings.to_json())
-    trainer = make_trainer({**settings.train, "seed": seed}, image_dim=data.image_dim, text_dim=data.text_dim,
-                           num_classes=data.num_classes)
+    trainer = make_trainer(dataclasses.replace(settings.train, seed=seed), image_dim=data.image_dim,
+                           text_dim=data.text_dim, num_classes=data.num_classes)
     # The snapshot is checked against the federation's TrainConfig, so store it under that config.
     target = make_trainer(settings.train, image_dim=data.image_dim, text_dim=data.text_dim,
                           num_classes=data.num_classes)

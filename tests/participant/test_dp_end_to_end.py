@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from coordinator.rounds import RECORD_AGGREGATES_ENV
+from federation.plan import PrivacySettings, SecAggSettings
 from participant.privacy import ENCODER_MECHANISM, PROTOTYPE_MECHANISM
-from proto.settings import PrivacySettings, SecAggSettings
 from security.accountant import epsilon_for
 from security.ledger import Ledger
 from security.signing import SigningKey

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from federation.plan import FederationSettings, PrivacySettings
 from participant.local_release import LocalRelease
 from participant.privacy import ENCODER_MECHANISM, PROTOTYPE_MECHANISM
 from participant.privacy import SitePrivacy as SitePrivacyState
@@ -22,7 +23,6 @@ from pfmh_model.server_step import initial_prototypes
 from pfmh_model.synthetic import generate
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state
-from proto.settings import FederationSettings, PrivacySettings
 from security.dp_sensitivity import clipped_class_statistics
 from security.signing import SigningKey
 

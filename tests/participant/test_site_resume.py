@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from proto.settings import FederationSettings
+from federation.plan import FederationSettings
 from tests.netfed import coordinator, coordinator_config, run_daemons, site_daemon, write_site_files
 
 SITES = ["site-a", "site-b"]

@@ -258,7 +258,7 @@ def test_tiny_fedhap_federation_learns() -> None:
     # Prepare: preset "tiny", 3 sites, 2 rounds, 16 bits.
     sites = _tiny_sites()
     train = TrainConfig(bits=16, width=32, hidden=64, batch_size=32, personal_epochs=5, shared_epochs=5, seed=0)
-    config = FederationConfig(method=Method.FEDHAP, rounds=2, train=train)
+    config = FederationConfig(method=Method.FEDHAP, rounds=2, share_mode=ShareMode.PROTOTYPES_AND_MODEL, train=train)
     random_map = _random_global_map(sites, 16)
     # Execute
     result = Federation(sites, config).run()

@@ -8,6 +8,7 @@ lr-sized (1e-3) steps, which is why weights get a looser bound than codes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -151,3 +152,34 @@ def test_worker_groups_balance_records_and_cover_every_site_once() -> None:
     assert balanced_groups([2, 7], 5) == [[1], [0]]
     groups = balanced_groups([9, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2)
     assert sorted(k for g in groups for k in g) == list(range(10)) and groups[0] == [0]
+
+
+def test_modality_dropout_together_equals_one_site_at_a_time(data) -> None:  # noqa: ANN001
+    # Prepare: sites of different sizes whose training hides one modality of 40% of the records
+    cfg = dataclasses.replace(CFG, modality_dropout=0.4)
+    splits = _splits(data)
+    alone = [SiteTrainer(cfg, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
+                         init_seed=cfg.seed, batch_seed=100 + i) for i in range(len(splits))]
+    together = copy.deepcopy(alone)
+    globals_ = initial_prototypes(data.num_classes, cfg.bits, seed=0)
+    # Execute: both PFMH steps, both ways
+    one = [t.train_personal(s) for t, s in zip(alone, splits, strict=True)]
+    many = train_personal_together(together, splits)
+    _assert_same_losses(one, many)
+    protos = [complete_prototypes(t.prototype_statistics(s), globals_) for t, s in zip(alone, splits, strict=True)]
+    one = [t.train_shared(s, prototypes=p, global_prototypes=globals_) for t, s, p in zip(alone, splits, protos,
+                                                                                          strict=True)]
+    many = train_shared_together(together, splits, prototypes=protos, global_prototypes=globals_)
+    # Assert: the same masks were drawn (generator states), and the same losses and models
+    _assert_same_losses(one, many)
+    _assert_same(alone, together, splits)
+
+
+def test_federation_with_modality_dropout_trains_sites_together(data, monkeypatch) -> None:  # noqa: ANN001
+    sites = partition_dataset(data, num_sites=3, alpha=0.5, seed=2)
+    cfg = TrainConfig(bits=16, hidden=32, width=16, personal_epochs=1, shared_epochs=1, seed=2, modality_dropout=0.3)
+    calls = []
+    monkeypatch.setattr(Federation, "_local_updates_together",
+                        lambda self, original=Federation._local_updates_together: calls.append(1) or original(self))
+    Federation(sites, FederationConfig(method=Method.PFMH, rounds=1, train=cfg)).run_round()
+    assert calls == [1]
