@@ -68,6 +68,10 @@ class FederationConfig:
     sites_together: bool = True
     device: str = "cpu"
     workers: int = 1
+    # With validation slices given to Federation: each site searches with the shared model of the
+    # round where its validation mAP was highest so far (training goes on from the current one;
+    # uploads are unchanged). See ``Federation.__init__``.
+    select_on_validation: bool = False
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
@@ -96,6 +100,14 @@ class RoundRecord:
     seconds: float
     upload_bytes_per_site: int
     losses: dict[str, float]
+    # Each site's validation mAP this round (its held-out slice of training records against the rest
+    # of them, codes of its current shared model); None without validation slices or off-round.
+    val_site_map: list[float | None] | None = None
+    mean_val_map: float | None = None
+    # With select_on_validation: the round whose shared model each site searches with, and the mean
+    # per-site and global mAP of the current shared models (what the run would score without selection).
+    selected_round: list[int] | None = None
+    current_maps: tuple[float, float] | None = None
 
 
 @dataclass
@@ -119,11 +131,26 @@ class Federation:
     """K in-process sites sharing one round loop (see module docstring for the methods)."""
 
     def __init__(self, sites: list[MultiModalDataset], config: FederationConfig, *,
-                 sum_step: SumStep = sum_vectors, site_indices: list[int] | None = None) -> None:
+                 sum_step: SumStep = sum_vectors, site_indices: list[int] | None = None,
+                 validation: list[Split] | None = None) -> None:
         """``site_indices``: the sites' places in the whole federation (their batch seeds); a
-        worker process (``site_workers``) holding some of the sites passes them."""
+        worker process (``site_workers``) holding some of the sites passes them.
+        ``validation``: per site, held-out training records (``partition.hold_out``) that none of its
+        training sees; their mAP is reported every evaluated round (``RoundRecord.val_site_map``)."""
         if not sites:
             raise ConfigError("a federation needs at least one site")
+        if validation is not None and len(validation) != len(sites):
+            raise ConfigError(f"{len(validation)} validation slices for {len(sites)} sites; give one per site")
+        if validation is not None and config.workers > 1:
+            raise ConfigError("per-round validation runs in one process: use workers=1 with validation slices")
+        if config.select_on_validation and validation is None:
+            raise ConfigError("select_on_validation needs validation slices (a held-out fraction > 0)")
+        if config.select_on_validation and config.method is Method.CENTRALIZED:
+            raise ConfigError("select_on_validation is per site; the centralized reference has one model")
+        if config.select_on_validation and config.eval_every != 1:
+            raise ConfigError("select_on_validation validates every round: use eval_every=1")
+        self.validation = validation
+        self.best: list[tuple[float, int, dict] | None] = [None] * len(sites)
         self.config = config
         self.eval_sites = sites
         self.train_sites = [_pool(sites)] if config.method is Method.CENTRALIZED else sites
@@ -221,38 +248,53 @@ class Federation:
         return {k: float(np.mean([d[k] for d in all_losses if k in d])) for k in sorted(keys)}
 
     # ----------------------------------------------------------------------------- evaluation
-    def site_codes(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(query codes, database codes) per evaluation site, each encoded by the model that site holds."""
+    def _eval_trainer(self, k: int) -> SiteTrainer:
+        return self.trainers[0] if self.config.method is Method.CENTRALIZED else self.trainers[k]
+
+    def site_codes(self, *, selected: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(query codes, database codes) per evaluation site, each encoded by the model that site holds
+        (with ``select_on_validation`` and ``selected``, its selected shared model)."""
         if self.workers is not None:
             return self.workers.site_codes()
         out = []
         for k, site in enumerate(self.eval_sites):
-            trainer = self.trainers[0] if self.config.method is Method.CENTRALIZED else self.trainers[k]
+            trainer = self._eval_trainer(k)
+            best = self.best[k] if selected else None
+            current = trainer.shared_state() if best is not None else None
+            if best is not None:
+                trainer.load_shared_state(best[2])
             out.append((_site_codes(trainer, site.query), _site_codes(trainer, site.database)))
+            if current is not None:
+                trainer.load_shared_state(current)
         return out
+
+    def validate(self) -> list[float | None]:
+        """Each site's validation mAP with its current shared model: its held-out records as queries
+        against its training records; None for a site whose slice has no relevant item. With
+        ``select_on_validation`` it also keeps each site's best shared model so far (ties: the later)."""
+        assert self.validation is not None  # noqa: S101 - callers check
+        values: list[float | None] = []
+        for k, (val, site) in enumerate(zip(self.validation, self.eval_sites, strict=True)):
+            trainer = self._eval_trainer(k)
+            if len(val) == 0 or len(site.train) == 0:
+                values.append(None)
+                continue
+            value = mean_average_precision(_site_codes(trainer, val), _site_codes(trainer, site.train),
+                                           val.labels, site.train.labels)
+            values.append(None if np.isnan(value) else float(value))
+            if self.config.select_on_validation:
+                best = self.best[k]
+                score = -1.0 if values[-1] is None else values[-1]
+                if best is None or score >= best[0]:
+                    self.best[k] = (score, self.state.round, trainer.shared_state())
+        return values
 
     def evaluate(self) -> tuple[list[float | None], float, float]:
         """Per-site mAP (own queries vs own archive), their mean, and global mAP (all vs union)."""
-        codes = self.site_codes()
-        site_map: list[float | None] = []
-        for (q, db), site in zip(codes, self.eval_sites, strict=True):
-            if len(q) == 0 or len(db) == 0:
-                site_map.append(None)
-                continue
-            value = mean_average_precision(q, db, site.query.labels, site.database.labels)
-            site_map.append(None if np.isnan(value) else float(value))
-        valid = [m for m in site_map if m is not None]
-        mean_site = float(np.mean(valid)) if valid else float("nan")
-        q_all, db_all, ql, dl = self._union(codes)
-        global_map = float(mean_average_precision(q_all, db_all, ql, dl))
-        return site_map, mean_site, global_map
+        return site_and_global_map(self.site_codes(), self.eval_sites)
 
     def _union(self, codes):
-        q_all = np.concatenate([q for q, _ in codes])
-        db_all = np.concatenate([db for _, db in codes])
-        ql = np.concatenate([s.query.labels for s in self.eval_sites])
-        dl = np.concatenate([s.database.labels for s in self.eval_sites])
-        return q_all, db_all, ql, dl
+        return union_codes(codes, self.eval_sites)
 
     def final_report(self) -> dict:
         codes = self.site_codes()
@@ -276,18 +318,53 @@ class Federation:
             losses = self.run_round()
             train_seconds += time.perf_counter() - start
             last = r == self.config.rounds
+            val_map = mean_val = selected = current = None
             if r % self.config.eval_every == 0 or last:
+                if self.validation is not None:
+                    val_map = self.validate()
+                    valid = [v for v in val_map if v is not None]
+                    mean_val = float(np.mean(valid)) if valid else None
+                    if self.config.select_on_validation:
+                        selected = [b[1] if b is not None else r for b in self.best]
+                        current = site_and_global_map(self.site_codes(selected=False), self.eval_sites)[1:]
                 site_map, mean_site, global_map = self.evaluate()
             else:
                 site_map, mean_site, global_map = [None] * len(self.eval_sites), float("nan"), None
             record = RoundRecord(r, site_map, mean_site, global_map, time.perf_counter() - start,
-                                 self.layout.length * 8, losses)
+                                 self.layout.length * 8, losses, val_map, mean_val, selected, current)
             records.append(record)
             if on_round is not None:
                 on_round(record)
         # Records per second per site: total records processed / training time / number of sites.
         throughput = train_records * epochs * self.config.rounds / max(train_seconds, 1e-9) / len(self.train_sites)
         return FederationResult(records, self.final_report(), throughput)
+
+
+def site_and_global_map(codes: list[tuple[np.ndarray, np.ndarray]],
+                        sites: list[MultiModalDataset]) -> tuple[list[float | None], float, float]:
+    """Per-site mAP (each site's queries against its own archive), their mean, and the global mAP
+    (every query against the union of archives); ``codes`` is (query codes, database codes) per site.
+    The one scoring of every method, deep or baseline (``pfmh_model.baselines``)."""
+    site_map: list[float | None] = []
+    for (q, db), site in zip(codes, sites, strict=True):
+        if len(q) == 0 or len(db) == 0:
+            site_map.append(None)
+            continue
+        value = mean_average_precision(q, db, site.query.labels, site.database.labels)
+        site_map.append(None if np.isnan(value) else float(value))
+    valid = [m for m in site_map if m is not None]
+    mean_site = float(np.mean(valid)) if valid else float("nan")
+    global_map = float(mean_average_precision(*union_codes(codes, sites)))
+    return site_map, mean_site, global_map
+
+
+def union_codes(codes: list[tuple[np.ndarray, np.ndarray]], sites: list[MultiModalDataset]):
+    """(all query codes, all database codes, their labels) over the sites, in site order."""
+    q_all = np.concatenate([q for q, _ in codes])
+    db_all = np.concatenate([db for _, db in codes])
+    ql = np.concatenate([s.query.labels for s in sites])
+    dl = np.concatenate([s.database.labels for s in sites])
+    return q_all, db_all, ql, dl
 
 
 def _pool(sites: list[MultiModalDataset]) -> MultiModalDataset:

@@ -69,6 +69,8 @@ def train_pfmh_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split],
     personal = train_personal_together(trainers, trains)
     stats = [t.prototype_statistics(s) for t, s in zip(trainers, trains, strict=True)]
     completed = [complete_prototypes(s, global_prototypes) for s in stats]
+    for trainer in trainers:
+        trainer.start_shared_round()
     shared = train_shared_together(trainers, trains, prototypes=completed, global_prototypes=global_prototypes)
     return [(st, {**p, **{f"shared_{k}": v for k, v in sh.items()}})
             for st, p, sh in zip(stats, personal, shared, strict=True)]
@@ -77,5 +79,7 @@ def train_pfmh_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split],
 def train_fedavg_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split]) -> list[dict[str, float]]:
     """:func:`train_fedavg_site` at every site, the sites' models trained together."""
     epochs = trainers[0].config.personal_epochs + trainers[0].config.shared_epochs
+    for trainer in trainers:
+        trainer.start_shared_round()
     return train_shared_together(trainers, trains, prototypes=None, global_prototypes=None, epochs=epochs,
                                  distill=False)

@@ -15,7 +15,9 @@ the seed like the rest.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -74,6 +76,18 @@ def partition_dataset(dataset: MultiModalDataset, *, num_sites: int, alpha: floa
                       max_draws: int = 1000) -> list[MultiModalDataset]:
     """Split every split of ``dataset`` over ``num_sites`` sites (see the module docstring).
 
+    The same as ``apply_partition(dataset, partition_indices(...))``; arguments as there.
+    """
+    return apply_partition(dataset, partition_indices(
+        dataset, num_sites=num_sites, alpha=alpha, seed=seed, min_train_records=min_train_records,
+        min_query_records=min_query_records, min_database_records=min_database_records, max_draws=max_draws))
+
+
+def partition_indices(dataset: MultiModalDataset, *, num_sites: int, alpha: float, seed: int,
+                      min_train_records: int = 16, min_query_records: int = 1, min_database_records: int = 1,
+                      max_draws: int = 1000) -> dict[str, list[np.ndarray]]:
+    """Per split ("train", "database", "query"), each site's row numbers, ascending (module docstring).
+
     Args:
         dataset: the pooled dataset.
         num_sites: K >= 1.
@@ -85,7 +99,7 @@ def partition_dataset(dataset: MultiModalDataset, *, num_sites: int, alpha: floa
         max_draws: how many proportions matrices to try before giving up.
 
     Returns:
-        K datasets named ``"<name>/site<k>"``, records in their original order.
+        {split: [K int64 arrays of row numbers]}; :func:`apply_partition` makes the site datasets.
 
     Raises:
         ConfigError: bad K or alpha, or no draw in ``max_draws`` met the minimums.
@@ -114,14 +128,108 @@ def partition_dataset(dataset: MultiModalDataset, *, num_sites: int, alpha: floa
                               "the minimums")
     if draws > 1:
         logger.info("partition: redrew proportions %d time(s) until every site met the minimums", draws - 1)
-    parts: list[dict[str, Split]] = [{} for _ in range(num_sites)]
+    out: dict[str, list[np.ndarray]] = {}
     for key, ids in sites.items():
         order = np.argsort(ids, kind="stable")
-        bounds = np.cumsum(counts[key])[:-1]
-        for k, index in enumerate(np.split(order, bounds)):
-            parts[k][key] = dataset.split(key).subset(index)
+        out[key] = [part.astype(np.int64) for part in np.split(order, np.cumsum(counts[key])[:-1])]
+    return out
+
+
+_SPLITS = ("train", "database", "query")
+
+
+def apply_partition(dataset: MultiModalDataset, index: dict[str, Sequence[np.ndarray]]) -> list[MultiModalDataset]:
+    """K site datasets named ``"<name>/site<k>"`` from per-split row lists (records in list order).
+
+    Raises:
+        DataError: a split is missing, the splits disagree on K, a row is out of range or given twice.
+    """
+    missing = [key for key in _SPLITS if key not in index]
+    if missing:
+        raise DataError(f"partition lacks the split(s) {missing}; it needs train, database and query lists")
+    counts = {key: len(index[key]) for key in _SPLITS}
+    if len(set(counts.values())) != 1 or counts["train"] < 1:
+        raise DataError(f"partition has {counts} site lists; every split needs one list per site, K >= 1")
+    parts: list[dict[str, Split]] = [{} for _ in range(counts["train"])]
+    for key in _SPLITS:
+        n = len(dataset.split(key))
+        seen = np.zeros(n, dtype=bool)
+        for k, rows in enumerate(index[key]):
+            rows = np.asarray(rows)
+            if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+                raise DataError(f"partition {key}[{k}] is not a list of row numbers")
+            rows = rows.astype(np.int64)
+            bad = rows[(rows < 0) | (rows >= n)]
+            if bad.size:
+                raise DataError(f"partition {key}[{k}] has row {int(bad[0])}, outside the {n} {key} records of "
+                                f"{dataset.name}")
+            if seen[rows].any() or len(np.unique(rows)) != len(rows):
+                raise DataError(f"partition {key}[{k}] repeats a {key} row (of its own or another site's)")
+            seen[rows] = True
+            parts[k][key] = dataset.split(key).subset(rows)
     return [MultiModalDataset(f"{dataset.name}/site{k}", p["train"], p["database"], p["query"],
                               class_names=dataset.class_names) for k, p in enumerate(parts)]
+
+
+def save_partition(path: str | os.PathLike[str], index: dict[str, Sequence[np.ndarray]], *, source: str) -> None:
+    """Write per-split row lists as JSON: {"source": ..., "train": [[rows of site 0], ...], "database": ...,
+    "query": ...}, the layout of ``shared/data/wiki_ref_partition.json``."""
+    doc = {"source": source, **{key: [np.asarray(rows).astype(int).tolist() for rows in index[key]] for key in _SPLITS}}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+
+
+def load_partition(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
+    """Per-split row lists from a file :func:`save_partition` writes (check them with :func:`apply_partition`).
+
+    Raises:
+        DataError: not JSON, or not an object with train / database / query lists of lists of integers.
+        OSError: the file cannot be read.
+    """
+    with open(path, encoding="utf-8") as fh:
+        try:
+            doc = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"partition file {path} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise DataError(f"partition file {path} must hold an object with train, database and query lists")
+    out: dict[str, list[np.ndarray]] = {}
+    for key in _SPLITS:
+        lists = doc.get(key)
+        if not isinstance(lists, list) or not all(isinstance(rows, list) for rows in lists):
+            raise DataError(f"partition file {path}: {key!r} must be a list of per-site lists of row numbers")
+        for k, rows in enumerate(lists):
+            if not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+                raise DataError(f"partition file {path}: {key}[{k}] holds a value that is not an integer row number")
+        out[key] = [np.asarray(rows, dtype=np.int64) for rows in lists]
+    return out
+
+
+def hold_out(sites: Sequence[MultiModalDataset], fraction: float, *,
+             seed: int) -> tuple[list[MultiModalDataset], list[Split]]:
+    """Move a random ``fraction`` of each site's training records into a validation slice.
+
+    A site with n training records keeps round(fraction * n) of them aside, at least 2 when
+    fraction > 0 (and at least 2 for training). Fraction 0 holds nothing out (empty slices).
+
+    Returns:
+        (the sites with the rest as their training records, the validation slice of each site).
+
+    Raises:
+        ConfigError: fraction outside [0, 0.5].
+    """
+    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 0.5:
+        raise ConfigError(f"validation fraction = {fraction!r} must be between 0 and 0.5")
+    kept, slices = [], []
+    for k, site in enumerate(sites):
+        n = len(site.train)
+        size = 0 if fraction == 0 else min(max(2, round(fraction * n)), max(n - 2, 0))
+        order = np.random.default_rng([seed, k, 0xA11]).permutation(n)
+        val, rest = np.sort(order[:size]), np.sort(order[size:])
+        kept.append(MultiModalDataset(site.name, site.train.subset(rest), site.database, site.query,
+                                      class_names=site.class_names))
+        slices.append(site.train.subset(val))
+    return kept, slices
 
 
 def class_histograms(sites: Sequence[MultiModalDataset], split: str = "train") -> np.ndarray:

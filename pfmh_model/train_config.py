@@ -70,6 +70,15 @@ class TrainConfig:
     # Fraction of training records that have one modality (image or text, evenly) hidden by closing
     # its gate, so codes stay usable when a query lacks one. 0 draws nothing (training unchanged).
     modality_dropout: float = 0.0
+    # The shared model's learning rate in its r-th round of training at a site (r = 0, 1, ...) is
+    # lr * shared_lr_decay ** r (``SiteTrainer.start_shared_round``); 1 keeps it constant. Only the shared
+    # model: the personal model, whose codes make the uploaded statistics, is not affected, so under DP
+    # with prototype sharing it changes nothing that is uploaded. It applies where the shared model is
+    # trained by ``train_shared`` or the batched path (PFMH, FedAvg, local); FedHAP's own loop and DP-SGD of
+    # a federated shared model keep a constant rate. 0.8 (issue #14): with a constant rate
+    # the per-site mAP on Wiki's reference partition fell from 0.806 at round 10 to 0.797 at round 20 and
+    # peaked in the first rounds; with 0.8 it is flat from round 10 on (docs/BENCHMARKS.md).
+    shared_lr_decay: float = 0.8
 
     def __post_init__(self) -> None:
         ints = (("bits", 8), ("batch_size", 2), ("personal_epochs", 0), ("shared_epochs", 0), ("width", 1),
@@ -89,6 +98,9 @@ class TrainConfig:
             raise OptionError(f"TrainConfig.dropout={self.dropout!r} is invalid: need 0 <= dropout < 1")
         if not isinstance(self.modality_dropout, (int, float)) or not 0.0 <= self.modality_dropout <= 1.0:
             raise OptionError(f"TrainConfig.modality_dropout={self.modality_dropout!r} is invalid: need 0..1")
+        if isinstance(self.shared_lr_decay, bool) or not isinstance(self.shared_lr_decay, (int, float)) \
+                or not 0.0 < self.shared_lr_decay <= 1.0:
+            raise OptionError(f"TrainConfig.shared_lr_decay={self.shared_lr_decay!r} is invalid: need 0 < decay <= 1")
         if not isinstance(self.weights, LossWeights):
             raise OptionError(f"TrainConfig.weights is {type(self.weights).__name__}: need LossWeights")
 

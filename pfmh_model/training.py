@@ -187,6 +187,19 @@ class SiteTrainer:
         return {"loss": float(loss), **last, "epochs": float(epochs), "seconds": seconds}
 
     # ----------------------------------------------------------------- training
+    def start_shared_round(self) -> float:
+        """Set the shared model's learning rate for its next round of training and count that round.
+
+        Round r (0-based, counted in the optimiser's state, so snapshots keep it) trains at
+        ``lr * shared_lr_decay ** r``. ``train_shared`` calls it; code that trains the shared model by
+        other means (``site_batch``) calls it once per round first. Returns the rate set.
+        """
+        group = self.shared_opt.param_groups[0]
+        done = int(group.get("shared_rounds", 0))
+        group["lr"] = self.config.lr * self.config.shared_lr_decay ** done
+        group["shared_rounds"] = done + 1
+        return float(group["lr"])
+
     def train_personal(self, split: Records, *, epochs: int | None = None,
                        progress: bool = False) -> dict[str, float]:
         """PFMH step 1: train the personal model with L_sim + L_q.
@@ -240,6 +253,7 @@ class SiteTrainer:
                                     f"({num_classes}, {self.config.bits})")
                 terms[key] = (w.contrastive, _contrastive_term(p, mask, tau))
         n = self.config.shared_epochs if epochs is None else epochs
+        self.start_shared_round()
         return self._run("shared", self.shared, self.shared_opt, split, n, progress, terms)
 
     # ----------------------------------------------------------------- codes
@@ -311,8 +325,8 @@ class SiteTrainer:
         """
         if state.get("format") != "pfmh-site-trainer/1":
             raise StateMismatch(f"snapshot format {state.get('format')!r} is not 'pfmh-site-trainer/1'")
-        # A snapshot from before modality_dropout existed trained without it (its default, 0).
-        saved = {"modality_dropout": 0.0, **(state.get("config") or {})}
+        # A snapshot from before modality_dropout / shared_lr_decay existed trained without them (0 / 1).
+        saved = {"modality_dropout": 0.0, "shared_lr_decay": 1.0, **(state.get("config") or {})}
         if saved != asdict(self.config):
             raise StateMismatch(f"snapshot config {state.get('config')} differs from {asdict(self.config)}; "
                                 "build the trainer with the snapshot's TrainConfig")

@@ -46,3 +46,25 @@ def test_sweep_writes_one_row_per_cell_and_resume_skips_finished_cells(
     assert all(0.0 <= r["mean_site_map"] <= 1.0 and 0.0 <= r["global_map"] <= 1.0 for r in rows)
     assert "4 cells, 4 to run" in first and "4 cells, 0 to run" in again
     assert "global mAP (2 seeds per cell, mean ± std)" in again and " ± " in again.split("| pfmh |")[-1]
+
+
+def test_sweep_takes_a_partition_file_and_scores_the_baselines_on_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: a two-site partition of the tiny preset, saved as a file
+    from pfmh_model.partition import partition_indices, save_partition
+    from pfmh_model.synthetic import generate
+
+    index = partition_indices(generate("tiny", seed=0), num_sites=2, alpha=1.0, seed=3)
+    save_partition(tmp_path / "p.json", index, source="test")
+    out = tmp_path / "acc.jsonl"
+    argv = [*TINY, "--methods", "pfmh:prototypes@select,ridge-local,ridge-central,lsh", "--alphas", "0.1", "0.5",
+            "--partition", f"tiny={tmp_path / 'p.json'}", "--train", "dropout=0.2", "--out", str(out)]
+    # Execute
+    assert main(argv) == 0
+    # Assert: one cell per method (the file replaces the alphas), the baselines scored, the overrides applied
+    rows = {r["method"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"pfmh:prototypes@select", "ridge-local", "ridge-central", "lsh"}
+    assert all(r["alpha"] == "file" and 0.0 < r["global_map"] <= 1.0 for r in rows.values())
+    assert rows["pfmh:prototypes@select"]["selected_round"] == [1, 1]
+    assert rows["pfmh:prototypes@select"]["train"] == {"dropout": 0.2}
+    assert "| pfmh:prototypes@select dropout=0.2 |" in capsys.readouterr().out

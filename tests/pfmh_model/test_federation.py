@@ -1,6 +1,7 @@
 """The in-process federation (every method) and the ``pfmh-simulate`` command."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 
 from pfmh_model.aggregation import sum_vectors
+from pfmh_model.errors import ConfigError
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
-from pfmh_model.partition import partition_dataset
+from pfmh_model.partition import hold_out, partition_dataset
 from pfmh_model.simulate_cli import main as simulate
 from pfmh_model.synthetic import generate
-from pfmh_model.training import TrainConfig, flatten_state
+from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state
 
 TRAIN = TrainConfig(bits=16, hidden=32, width=16, personal_epochs=1, shared_epochs=1, seed=2)
 
@@ -106,3 +108,90 @@ def test_simulate_user_errors_are_one_line(tmp_path: Path, capsys: pytest.Captur
     assert code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error" in err
+
+
+def test_validation_map_is_reported_every_evaluated_round(sites) -> None:
+    # Prepare
+    kept, slices = hold_out(sites, 0.2, seed=0)
+    # Execute
+    result = Federation(kept, FederationConfig(rounds=2, train=TRAIN), validation=slices).run()
+    # Assert: one value per site per round, their mean, no selection without asking for it
+    for rec in result.rounds:
+        assert rec.val_site_map is not None and len(rec.val_site_map) == len(sites)
+        assert all(0.0 < v <= 1.0 for v in rec.val_site_map)
+        assert rec.mean_val_map == pytest.approx(float(np.mean(rec.val_site_map)))
+        assert rec.selected_round is None
+
+
+def test_selection_searches_with_each_sites_best_validation_round(sites) -> None:
+    # Prepare: the same run with and without selection (selection must not change training)
+    kept, slices = hold_out(sites, 0.2, seed=0)
+    plain = Federation(kept, FederationConfig(rounds=4, train=TRAIN), validation=slices).run()
+    chosen = Federation(kept, FederationConfig(rounds=4, train=TRAIN, select_on_validation=True),
+                        validation=slices).run()
+    # Assert: each site's chosen round is its latest best validation round, and its final per-site mAP is
+    # the plain run's mAP at that round
+    last = chosen.rounds[-1]
+    for k in range(len(sites)):
+        history = [r.val_site_map[k] for r in plain.rounds]
+        best = max(history)
+        assert last.selected_round[k] == max(i + 1 for i, v in enumerate(history) if v == best)
+        assert last.site_map[k] == pytest.approx(plain.rounds[last.selected_round[k] - 1].site_map[k], abs=1e-12)
+    assert [r.val_site_map for r in chosen.rounds] == [r.val_site_map for r in plain.rounds]
+
+
+def test_selection_needs_validation_slices(sites) -> None:
+    with pytest.raises(ConfigError, match="needs validation slices"):
+        Federation(sites, FederationConfig(rounds=1, train=TRAIN, select_on_validation=True))
+
+
+def test_simulate_runs_a_saved_partition_and_the_baselines(tmp_path: Path) -> None:
+    # Prepare: a Dirichlet run that saves its partition
+    common = ["--preset", "tiny", "--methods", "pfmh,ridge-local,ridge-central,lsh", "--rounds", "2", "--bits", "16",
+              "--personal-epochs", "1", "--shared-epochs", "1"]
+    assert simulate([*common, "--sites", "3", "--alpha", "0.5", "--save-partition", str(tmp_path / "p.json"),
+                     "--out", str(tmp_path / "drawn")]) == 0
+    # Execute: the same run from the file (other --sites and --alpha, which the file overrides)
+    assert simulate([*common, "--sites", "7", "--alpha", "9", "--partition", str(tmp_path / "p.json"),
+                     "--out", str(tmp_path / "file")]) == 0
+    # Assert: identical figures, baselines included, and per-round validation mAP in result.json
+    drawn, again = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("drawn", "file"))
+    assert again["sites"] == 3 and set(again["methods"]) == {"pfmh", "ridge-local", "ridge-central", "lsh"}
+    for name in again["methods"]:
+        for a, b in zip(again["methods"][name]["rounds"], drawn["methods"][name]["rounds"], strict=True):
+            assert (a["site_map"], a["global_map"]) == (b["site_map"], b["global_map"])
+    for rec in again["methods"]["pfmh"]["rounds"]:
+        assert len(rec["val_site_map"]) == 3 and rec["mean_val_map"] > 0
+    final = [d["methods"]["pfmh"]["rounds"][-1]["val_site_map"] for d in (again, drawn)]
+    assert final[0] == final[1]
+
+
+@pytest.mark.parametrize("together", [False, True])
+@pytest.mark.parametrize("method", [Method.PFMH, Method.FEDAVG])
+def test_shared_lr_decays_once_per_round_on_both_training_paths(sites, method: Method, together: bool) -> None:
+    # Prepare
+    cfg = FederationConfig(method=method, rounds=3, sites_together=together,
+                           train=dataclasses.replace(TRAIN, shared_lr_decay=0.5))
+    federation = Federation(sites, cfg)
+    # Execute
+    federation.run()
+    # Assert: the third round trained at lr * 0.5 ** 2, at every site
+    for trainer in federation.trainers:
+        group = trainer.shared_opt.param_groups[0]
+        assert group["shared_rounds"] == 3 and group["lr"] == pytest.approx(TRAIN.lr * 0.25)
+
+
+def test_shared_lr_round_count_survives_a_snapshot(tmp_path: Path, sites) -> None:
+    # Prepare: a trainer that trained its shared model twice
+    cfg = dataclasses.replace(TRAIN, shared_lr_decay=0.5)
+    first = SiteTrainer(cfg, image_dim=sites[0].image_dim, text_dim=sites[0].text_dim)
+    for _ in range(2):
+        first.train_shared(sites[0].train, prototypes=None, global_prototypes=None, distill=False)
+    first.save_snapshot(tmp_path / "t.pt")
+    # Execute
+    again = SiteTrainer(cfg, image_dim=sites[0].image_dim, text_dim=sites[0].text_dim)
+    again.load_snapshot(tmp_path / "t.pt")
+    # Assert: its next round is the third
+    assert again.start_shared_round() == pytest.approx(TRAIN.lr * 0.25)
+    with pytest.raises(ConfigError, match="shared_lr_decay"):
+        dataclasses.replace(TRAIN, shared_lr_decay=0.0)

@@ -7,11 +7,16 @@ import pytest
 from pfmh_model.data import MultiModalDataset, load_h5
 from pfmh_model.errors import ConfigError, DataError
 from pfmh_model.partition import (
+    apply_partition,
     assign_sites,
     class_histograms,
     dirichlet_proportions,
     format_histograms,
+    hold_out,
+    load_partition,
     partition_dataset,
+    partition_indices,
+    save_partition,
 )
 from pfmh_model.synthetic import generate
 from tests.conftest import shared_file
@@ -131,3 +136,64 @@ def test_histograms_and_table(small: MultiModalDataset) -> None:
     assert int(lines[-1].split()[-1]) == int(small.query.labels.sum())
     with pytest.raises(DataError, match="class names"):
         format_histograms(hist, ["a"])
+
+
+def test_partition_round_trips_through_a_file(tmp_path, small: MultiModalDataset) -> None:
+    # Prepare
+    index = partition_indices(small, num_sites=4, alpha=0.3, seed=5)
+    path = tmp_path / "part.json"
+    # Execute
+    save_partition(path, index, source="test")
+    again = apply_partition(small, load_partition(path))
+    # Assert: the same sites, record for record, as the Dirichlet draw itself
+    drawn = partition_dataset(small, num_sites=4, alpha=0.3, seed=5)
+    assert len(again) == 4
+    for a, b in zip(again, drawn, strict=True):
+        for key in ("train", "database", "query"):
+            np.testing.assert_array_equal(a.split(key).image, b.split(key).image)
+            np.testing.assert_array_equal(a.split(key).labels, b.split(key).labels)
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ('{"train": [[0]], "database": [[0]]}', "'query' must be a list of per-site lists"),
+    ('{"train": [[0], [1]], "database": [[0]], "query": [[0]]}', "one list per site"),
+    ('{"train": [[0, 0]], "database": [[0]], "query": [[0]]}', "repeats a train row"),
+    ('{"train": [[0], [0]], "database": [[0], [1]], "query": [[0], [1]]}', "repeats a train row"),
+    ('{"train": [[99999]], "database": [[0]], "query": [[0]]}', "row 99999, outside"),
+    ('{"train": [[1.5]], "database": [[0]], "query": [[0]]}', "not an integer"),
+    ('[1, 2]', "must hold an object"),
+    ('{"train": ', "is not JSON"),
+])
+def test_bad_partition_files_are_refused_with_the_reason(tmp_path, small: MultiModalDataset, doc: str,
+                                                         message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(doc)
+    with pytest.raises(DataError, match=message):
+        apply_partition(small, load_partition(path))
+
+
+def test_reference_wiki_partition_file_loads_as_is() -> None:
+    # Prepare
+    wiki = load_h5(shared_file("wiki.h5"))
+    # Execute
+    sites = apply_partition(wiki, load_partition(shared_file("wiki_ref_partition.json")))
+    # Assert: the site sizes of the file
+    assert [len(s.train) for s in sites] == [349, 110, 106, 85, 406, 380, 123, 295, 288, 31]
+    assert [len(s.database) for s in sites] == [342, 109, 105, 71, 404, 398, 125, 280, 315, 24]
+    assert [len(s.query) for s in sites] == [110, 37, 35, 29, 128, 129, 28, 86, 104, 7]
+
+
+def test_hold_out_moves_a_disjoint_slice_of_each_sites_training_records(small: MultiModalDataset) -> None:
+    # Prepare
+    sites = partition_dataset(small, num_sites=3, alpha=0.5, seed=1)
+    # Execute
+    kept, slices = hold_out(sites, 0.2, seed=3)
+    # Assert: sizes add up, no record is in both, the rest of the site is untouched
+    for site, rest, val in zip(sites, kept, slices, strict=True):
+        assert len(rest.train) + len(val) == len(site.train) and len(val) == max(2, round(0.2 * len(site.train)))
+        rows = {r.tobytes() for r in np.hstack([rest.train.image, rest.train.text])}
+        assert not rows & {r.tobytes() for r in np.hstack([val.image, val.text])}
+        assert rest.query is site.query and rest.database is site.database
+    assert all(len(v) == 0 for v in hold_out(sites, 0.0, seed=3)[1])
+    with pytest.raises(ConfigError, match="between 0 and 0.5"):
+        hold_out(sites, 0.9, seed=3)
