@@ -36,9 +36,13 @@ def serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
     from coordinator.server import run_server
+    from federation.identity import OwnIdentity, check_identity
+    from security.pki import Role
 
     cfg = load_config(args.config)
     base = args.config.resolve().parent
+    check_identity(args.config, OwnIdentity(cfg.tls.ca_cert, cfg.tls.cert, cfg.tls.key, cfg.tls.crl),
+                   role=Role.COORDINATOR, federation_id=cfg.federation.federation_id)
     done = StateStore(base / cfg.state_dir).load().completed_rounds
     if done >= cfg.federation.rounds:  # a restart after the last round: nothing left to serve
         print(f"pfmh-coordinator: federation {cfg.federation.federation_id} is finished ({done} of "

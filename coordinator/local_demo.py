@@ -22,13 +22,16 @@ from pfmh_model.methods import DEFAULT_SHARE_MODE, ShareMode
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 STOP_GRACE_S = 10.0  # after SIGTERM, how long a child may take to stop before it is killed
+_WRITTEN_BY = "written by pfmh-demo"  # the first line of its coordinator.toml
+_MARKER = ".pfmh-demo"  # in every workdir it made: the only non-empty folders it may replace
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pfmh-demo", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"),
-                   help="created afresh, its contents are replaced (default: %(default)s)")
+                   help="created afresh; a folder an earlier pfmh-demo made is replaced, any other non-empty one "
+                        "refused (default: %(default)s)")
     p.add_argument("--preset", default="small",
                    help="synthetic dataset preset: tiny, small, mirflickr (default: %(default)s)")
     p.add_argument("--sites", type=int, default=3, help="number of sites, at most 26 (default: %(default)s)")
@@ -60,23 +63,40 @@ def _site_names(n: int) -> list[str]:
     return list(SITES[:n]) if n <= len(SITES) else [f"site-{chr(97 + i)}" for i in range(n)]
 
 
+def _clear_workdir(work: Path) -> None:
+    """Empty ``work`` for a new run; refuse a path that is not a folder this demo made (``--workdir .``, ``~``)."""
+    if work.is_dir() and any(work.iterdir()):
+        config = work / "coordinator.toml"  # workdirs of older versions carry no marker, only this
+        if not ((work / _MARKER).is_file() or (config.is_file() and config.read_text(
+                errors="replace").startswith(f"# {_WRITTEN_BY}"))):
+            raise SystemExit(f"pfmh-demo: error: --workdir {work} is not empty and was not made by pfmh-demo "
+                             f"(no {_MARKER} in it); choose a new folder or empty that one")
+        shutil.rmtree(work)
+    elif work.exists() and not work.is_dir():
+        raise SystemExit(f"pfmh-demo: error: --workdir {work} is a file, not a folder")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / _MARKER).write_text(f"{_WRITTEN_BY}: this folder is replaced by the next run with this --workdir\n")
+
+
 def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
     """CA, certificates, data and configs under ``args.workdir``; returns (coordinator config, sites)."""
     from federation.config_files import coordinator_document, site_document, write_toml
     from pfmh_model.data import save_h5
+    from pfmh_model.errors import ConfigError
     from pfmh_model.partition import partition_dataset
     from pfmh_model.synthetic import generate
     from security.pki import create_ca
 
     work = args.workdir
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
     sites = _site_names(args.sites)
+    _clear_workdir(work)
     ca = create_ca(federation_id="demo", out_dir=work / "pki")
     for name in ("coordinator", *sites):  # each makes its own keys; the CA only signs their requests
         enrol(ca, work / "pki" / name, name)
-    dataset = generate(args.preset, seed=args.seed)
+    try:
+        dataset = generate(args.preset, seed=args.seed)
+    except ConfigError as exc:
+        raise SystemExit(f"pfmh-demo: error: --preset: {exc}") from None
     print(f"dataset: {dataset.describe()}")
     parts = partition_dataset(dataset, num_sites=len(sites), alpha=args.alpha, seed=args.seed)
     (work / "data").mkdir()
@@ -92,12 +112,12 @@ def prepare(args: argparse.Namespace) -> tuple[Path, list[str]]:
                               "dp_sgd_noise_multiplier": args.dp_sgd_noise_multiplier, "delta": 1e-5}}
     coordinator_toml = write_toml(work / "coordinator.toml", coordinator_document(
         sites=sites, federation=federation, server={"listen": "127.0.0.1:0", "long_poll_s": 5.0}),
-        comment="written by pfmh-demo")
+        comment=_WRITTEN_BY)
     for site in sites:  # the coordinator's port is filled in once it listens (run)
         write_toml(work / f"site-{site}.toml", site_document(
             site=site, federation_id="demo", coordinator="127.0.0.1:PORT", data=f"data/{site}.h5",
             server_name="localhost", threads=1,
-            privacy={"epsilon_max": args.epsilon_max, "require_dp": args.dp != "off"}), comment="written by pfmh-demo")
+            privacy={"epsilon_max": args.epsilon_max, "require_dp": args.dp != "off"}), comment=_WRITTEN_BY)
     return coordinator_toml, sites
 
 

@@ -66,6 +66,12 @@ def join(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.site != cfg.site:
         raise SettingsError(f"--site {args.site!r} does not match site = {cfg.site!r} in {args.config}")
+    from federation.identity import OwnIdentity, check_identity
+    from security.pki import Role
+
+    tls = cfg.tls
+    check_identity(args.config, OwnIdentity(tls.ca_cert, tls.cert, tls.key, tls.crl, tls.signing_key), role=Role.SITE,
+                   federation_id=cfg.federation_id, name=cfg.site)
     daemon_class = SiteDaemon
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun (docs/DEPLOY.md): only rank 0 goes on
         from participant.distributed_site import start_ranks

@@ -107,4 +107,6 @@ def load_config(path: str | Path) -> SiteConfig:
     for key, value in files.items():
         if not (base / value).is_file():
             raise SettingsError(f"{path}: {key} = {value!r}: no such file")
+    if (base / cfg.state_dir).exists() and not (base / cfg.state_dir).is_dir():
+        raise SettingsError(f"{path}: state_dir = {cfg.state_dir!r}: is a file, not a folder")
     return cfg

@@ -151,6 +151,12 @@ def load_toml(cls: type[T], path: str | Path) -> T:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SettingsError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SettingsError(f"config file {path} is a folder; give the .toml file in it") from None
+    except PermissionError:
+        raise SettingsError(f"config file {path} cannot be read (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not a TOML text file (not UTF-8 at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: not valid TOML: {exc}") from None
     try:
