@@ -45,6 +45,7 @@ from durable.atomic_file import atomic_path, atomic_write  # noqa: E402
 from federation.layout import upload_layout  # noqa: E402
 from federation.peers import PeerVerifier  # noqa: E402
 from federation.plan import FederationSettings  # noqa: E402
+from federation.round_codec import JoinAccepted, RoundOffer  # noqa: E402
 from federation.secagg import secagg_config  # noqa: E402
 from federation.site_round import RoundAbandoned, SiteRound  # noqa: E402
 from participant.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable  # noqa: E402
@@ -120,16 +121,16 @@ class SoakSite:
     # ------------------------------------------------------------------ setup and loop
     def join(self) -> FederationSettings:
         image_dim, text_dim, classes = self.dims
-        reply = self.client.call("Join", pb.JoinRequest(
+        joined = JoinAccepted.from_proto(self.client.call("Join", pb.JoinRequest(
             federation_id=self.cfg.federation_id, protocol_version=PROTOCOL_VERSION, num_train_records=100,
-            image_dim=image_dim, text_dim=text_dim, num_classes=classes))
-        settings = FederationSettings.from_json(reply.settings_json)
+            image_dim=image_dim, text_dim=text_dim, num_classes=classes)))
+        settings = joined.settings
         self.bits = settings.train.bits
         self.length = upload_layout(settings).length
         self.secagg_settings = settings.secagg
         self.secagg = SecAggClient(self.name, signing_key=self.signing_key,
                                    config=secagg_config(settings, vector_length=self.length))
-        self.site_index = sorted(reply.enrolled_sites).index(self.name)
+        self.site_index = sorted(joined.enrolled_sites).index(self.name)
         return settings
 
     def run(self) -> int:
@@ -139,8 +140,8 @@ class SoakSite:
         try:
             self.settings = self.join()
             while True:
-                config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
-                    federation_id=self.cfg.federation_id, after_round=after), timeout_s=self.cfg.rpc_timeout_s + 15)
+                config = RoundOffer.from_proto(self.client.call("WaitForRound", pb.WaitForRoundRequest(
+                    federation_id=self.cfg.federation_id, after_round=after), timeout_s=self.cfg.rpc_timeout_s + 15))
                 if config.status == pb.FINISHED:
                     self.event("finished")
                     self._leave()
@@ -186,7 +187,7 @@ class SoakSite:
             if time.monotonic() > until:
                 raise RoundAbandoned(f"{method}: phase did not close within {deadline_s:.0f}s")
 
-    def _round(self, config: pb.RoundConfig) -> None:
+    def _round(self, config: RoundOffer) -> None:
         try:
             self._protocol(config)
         except RoundAbandoned as exc:
@@ -205,7 +206,7 @@ class SoakSite:
             _save_npy(self.state / "inputs" / f"round-{self.round}.npy", self.vector)
         self.fault(point)
 
-    def _protocol(self, config: pb.RoundConfig) -> None:
+    def _protocol(self, config: RoundOffer) -> None:
         steps = SiteRound(secagg=self.secagg, transport=self, peers=self.peers, config=config,
                           federation_id=self.cfg.federation_id,
                           consistency_check=self.secagg_settings.consistency_check, before_send=self._before_send)
@@ -220,7 +221,7 @@ class SoakSite:
         steps.unmask()
         self.event("step", step="unmasked")
         result = steps.result()
-        protos = np.frombuffer(result.global_prototypes.float64_le, dtype="<f8")
+        protos = np.zeros(0) if result.prototypes is None else result.prototypes.ravel()
         if result.status == pb.READY:
             _save_npy(self.state / "results" / f"round-{self.round}.npy", protos)
         self.event("outcome", outcome="completed" if result.status == pb.READY else "aborted",

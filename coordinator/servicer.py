@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 
@@ -17,10 +18,10 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.round_run import Poll
 from coordinator.rounds import RoundEngine
 from federation import codec
+from federation.round_codec import JoinAccepted, RoundOffer, RoundOutcome
 from proto import federation_pb2 as pb
 from proto import federation_pb2_grpc as pb_grpc
 from proto.settings import PROTOCOL_VERSION
-from proto.tensors import to_tensor
 from security.errors import InvalidMessage
 
 logger = logging.getLogger(__name__)
@@ -72,29 +73,24 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.engine.touch(site)
         logger.info("site %s joined (%d training records)", site, request.num_train_records)
         entries, head_hash = self.ledger_head(site)  # the site refuses to train if its own ledger is behind it
-        return pb.JoinReply(federation_id=s.federation_id, protocol_version=PROTOCOL_VERSION,
-                            settings_json=s.to_json(), enrolled_sites=list(self.engine.sites),
+        return JoinAccepted(settings=s, protocol_version=PROTOCOL_VERSION, enrolled_sites=tuple(self.engine.sites),
                             next_round=self.engine.state.last_round_started + 1,
-                            ledger_entries=entries, ledger_head_hash=head_hash)
+                            ledger_entries=entries, ledger_head_hash=head_hash).to_proto()
 
     def WaitForRound(self, request: pb.WaitForRoundRequest, context: grpc.ServicerContext) -> pb.RoundConfig:
         self._check_federation(request.federation_id)
         status, run = self.engine.await_round(current_site(), request.after_round, self._wait_s(context))
-        reply = pb.RoundConfig(status=POLL[status], federation_id=self.settings.federation_id,
-                               completed_rounds=self.engine.state.completed_rounds)
+        idle = RoundOffer(status=POLL[status], federation_id=self.settings.federation_id,
+                          completed_rounds=self.engine.state.completed_rounds)
         if run is None:
-            return reply
-        plan = run.server.plan
-        reply.round = run.number
-        reply.cohort.extend(run.cohort)
-        reply.threshold, reply.neighbours = plan.threshold, plan.neighbours
-        reply.fraction_bits = self.settings.secagg.fraction_bits
-        reply.max_abs_value = self.settings.secagg.max_abs_value
-        reply.vector_length = self.engine.layout.length
-        reply.global_prototypes.CopyFrom(to_tensor(run.start_state.prototypes))
-        reply.shared_model.CopyFrom(to_tensor(run.start_state.shared_model))
-        reply.phase_timeout_s, reply.train_timeout_s = self.settings.phase_timeout_s, self.settings.train_timeout_s
-        return reply
+            return idle.to_proto()
+        plan, secagg = run.server.plan, self.settings.secagg
+        return replace(idle, round=run.number, cohort=tuple(run.cohort), threshold=plan.threshold,
+                       neighbours=plan.neighbours, fraction_bits=secagg.fraction_bits,
+                       max_abs_value=secagg.max_abs_value, vector_length=self.engine.layout.length,
+                       global_prototypes=run.start_state.prototypes, shared_model=run.start_state.shared_model,
+                       phase_timeout_s=self.settings.phase_timeout_s,
+                       train_timeout_s=self.settings.train_timeout_s).to_proto()
 
     # ------------------------------------------------------------------ secure aggregation phases
     def AdvertiseKeys(self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
@@ -162,15 +158,14 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetRoundResult(self, request: pb.PhaseQuery, context: grpc.ServicerContext) -> pb.RoundResult:
         self._check_federation(request.federation_id)
         status, run = self.engine.await_result(current_site(), request.round, self._wait_s(context))
-        reply = pb.RoundResult(status=POLL[status], round=request.round,
+        outcome = RoundOutcome(status=POLL[status], round=request.round,
                                completed_rounds=self.engine.state.completed_rounds)
         if run is not None:
-            reply.abort_reason = run.abort_reason
+            outcome = replace(outcome, abort_reason=run.abort_reason)
             if status is Poll.READY and run.result is not None:
-                reply.global_prototypes.CopyFrom(to_tensor(run.result.prototypes))
-                reply.shared_model.CopyFrom(to_tensor(run.result.shared_model))
-                reply.survivors.extend(run.survivors)
-        return reply
+                outcome = replace(outcome, prototypes=run.result.prototypes, model=run.result.shared_model,
+                                  survivors=tuple(run.survivors))
+        return outcome.to_proto()
 
     # ------------------------------------------------------------------ audit and status
     def ReportLedger(self, request: pb.LedgerReport, context: grpc.ServicerContext) -> pb.Ack:

@@ -2,6 +2,7 @@
 
 One function pair per message, ``<message>_to_proto`` / ``<message>_from_proto``; the coordinator's
 servicer, the site's round (``federation.site_round``) and every test helper use these and nothing else.
+The join reply, round offer and round result are ``federation.round_codec``'s.
 Decoding builds the frozen ``security.secagg_messages`` / ``security.consistency`` types, which validate
 every field on construction, so a malformed message raises ``InvalidMessage`` here.
 

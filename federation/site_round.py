@@ -31,6 +31,7 @@ import numpy as np
 
 from federation import codec
 from federation.peers import PeerVerifier
+from federation.round_codec import RoundOffer, RoundOutcome
 from proto import federation_pb2 as pb
 from security.secagg_client import SecAggClient
 from security.secagg_messages import AdvertiseKeys, MaskedInput, UnmaskRequest, UnmaskResponse
@@ -71,7 +72,7 @@ class SiteRound:
         before_send: called with a point of :data:`POINTS` just before that phase's message leaves.
     """
 
-    def __init__(self, *, secagg: SecAggClient, transport: Transport, peers: PeerVerifier, config: pb.RoundConfig,
+    def __init__(self, *, secagg: SecAggClient, transport: Transport, peers: PeerVerifier, config: RoundOffer,
                  federation_id: str, consistency_check: bool,
                  before_send: Callable[[str], None] = lambda point: None) -> None:
         self.secagg, self.transport, self.peers, self.config = secagg, transport, peers, config
@@ -147,12 +148,12 @@ class SiteRound:
         self.transport.call("Unmask", codec.unmask_response_to_proto(response))
         return response
 
-    def result(self) -> pb.RoundResult:
+    def result(self) -> RoundOutcome:
         """The round's outcome: READY with the new global state, or ABORTED with its reason (not raised)."""
         self.before_send("result")
-        return self.transport.poll("GetRoundResult", self.query, deadline_s=self.phase_wait_s)
+        return RoundOutcome.from_proto(self.transport.poll("GetRoundResult", self.query, deadline_s=self.phase_wait_s))
 
-    def run(self, vector: np.ndarray) -> pb.RoundResult:
+    def run(self, vector: np.ndarray) -> RoundOutcome:
         """Every phase in order, masking ``vector``; the round's result (READY or ABORTED)."""
         self.advertise()
         self.share_keys()

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from federation.layout import upload_layout
 from federation.peers import PeerVerifier
 from federation.plan import FederationSettings
+from federation.round_codec import JoinAccepted, RoundOffer
 from federation.secagg import secagg_config
 from federation.site_round import SiteRound
 from participant.client import CoordinatorClient, CoordinatorError, RoundAbandoned, Stopped
@@ -38,7 +39,6 @@ from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
 from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
-from proto.tensors import from_tensor
 from security.dp_cohort import noise_cohort
 from security.errors import BudgetExceeded, SecurityError, UnsafeConfiguration
 from security.pki_verify import load_certificate, load_crl
@@ -121,15 +121,16 @@ class SiteDaemon:
         reply = self.client.call("Join", pb.JoinRequest(
             federation_id=self.cfg.federation_id, protocol_version=PROTOCOL_VERSION,
             num_train_records=len(d.train), image_dim=d.image_dim, text_dim=d.text_dim, num_classes=d.num_classes))
-        settings = FederationSettings.from_json(reply.settings_json)
-        if self.cfg.site not in reply.enrolled_sites:
-            raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(reply.enrolled_sites)}")
-        self.site_index = sorted(reply.enrolled_sites).index(self.cfg.site)
-        self.coordinator_head = (reply.ledger_entries, reply.ledger_head_hash)
+        joined = JoinAccepted.from_proto(reply)
+        settings = joined.settings
+        if self.cfg.site not in joined.enrolled_sites:
+            raise SiteMismatch(f"{self.cfg.site} is not among the enrolled sites {list(joined.enrolled_sites)}")
+        self.site_index = sorted(joined.enrolled_sites).index(self.cfg.site)
+        self.coordinator_head = joined.ledger_head
         with atomic_path(self.state_dir / "settings.json") as tmp:  # for `search` after the run
-            tmp.write_text(reply.settings_json)
+            tmp.write_text(settings.to_json())
         logger.info("%s joined federation %s (%d enrolled sites)", self.cfg.site, settings.federation_id,
-                    len(reply.enrolled_sites))
+                    len(joined.enrolled_sites))
         return settings
 
     def _setup(self, settings: FederationSettings) -> None:
@@ -198,9 +199,9 @@ class SiteDaemon:
         reason = "stopped by its operator"
         while not self.stop.is_set():
             try:
-                config = self.client.call("WaitForRound", pb.WaitForRoundRequest(
+                config = RoundOffer.from_proto(self.client.call("WaitForRound", pb.WaitForRoundRequest(
                     federation_id=self.settings.federation_id, after_round=self.after_round),
-                    timeout_s=self.cfg.rpc_timeout_s + 15)
+                    timeout_s=self.cfg.rpc_timeout_s + 15))
             except Stopped:
                 break
             if config.status == pb.FINISHED:
@@ -266,7 +267,7 @@ class SiteDaemon:
         """Local training; returns this round's upload vector (DP noise already added where on)."""
         return self.release.compute(self.data.train, self.prototypes, noise_cohort=cohort_m)
 
-    def _round(self, config: pb.RoundConfig) -> None:
+    def _round(self, config: RoundOffer) -> None:
         started = time.perf_counter()
         sent0, received0 = self.bytes["sent"], self.bytes["received"]
         number = config.round
@@ -274,7 +275,7 @@ class SiteDaemon:
             raise SiteMismatch(f"round {number} expects {config.vector_length} values, this site's model gives "
                                f"{self.layout.length}: the site and the coordinator build different models "
                                "(different software versions?)")
-        self._apply_global(from_tensor(config.global_prototypes), from_tensor(config.shared_model))
+        self._apply_global(config.global_prototypes, config.shared_model)
         releases = self.release.planned(len(self.data.train))
         try:
             self.privacy.check(releases, number)  # refuse before training, and before anything leaves
@@ -308,7 +309,7 @@ class SiteDaemon:
         epsilon = epsilons[-1]
         told = secagg_round.told
         self.privacy.record_sum(number, contributors=len(told.survivors) if told else 0, noise_cohort=cohort_m)
-        self._apply_global(from_tensor(result.global_prototypes), from_tensor(result.shared_model))
+        self._apply_global(result.prototypes, result.model)
         self.completed_rounds += 1
         map_value = self.evaluate()
         self._report(number, map_value)

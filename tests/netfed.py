@@ -20,6 +20,7 @@ from coordinator.server import run_server
 from federation import codec
 from federation.peers import PeerVerifier
 from federation.plan import FederationSettings, PrivacySettings, SecAggSettings
+from federation.round_codec import JoinAccepted, RoundOffer, RoundOutcome
 from federation.secagg import secagg_config
 from federation.site_round import RoundAbandoned, SiteRound
 from proto import federation_pb2 as pb
@@ -129,16 +130,17 @@ class ScriptedSite:
     def close(self) -> None:
         self.channel.close()
 
-    def join(self) -> pb.JoinReply:
+    def join(self) -> JoinAccepted:
         s = self.settings
-        return self.stub.Join(pb.JoinRequest(federation_id=FED, protocol_version=PROTOCOL_VERSION,
-                                             num_train_records=10, image_dim=s.image_dim, text_dim=s.text_dim,
-                                             num_classes=s.num_classes), timeout=10)
+        return JoinAccepted.from_proto(self.stub.Join(pb.JoinRequest(
+            federation_id=FED, protocol_version=PROTOCOL_VERSION, num_train_records=10, image_dim=s.image_dim,
+            text_dim=s.text_dim, num_classes=s.num_classes), timeout=10))
 
-    def wait_round(self, after: int = 0, timeout_s: float = 30) -> pb.RoundConfig:
+    def wait_round(self, after: int = 0, timeout_s: float = 30) -> RoundOffer:
         until = time.monotonic() + timeout_s
         while time.monotonic() < until:
-            reply = self.stub.WaitForRound(pb.WaitForRoundRequest(federation_id=FED, after_round=after), timeout=10)
+            reply = RoundOffer.from_proto(self.stub.WaitForRound(
+                pb.WaitForRoundRequest(federation_id=FED, after_round=after), timeout=10))
             if reply.status != pb.PENDING:
                 self.round = reply.round
                 return reply
@@ -157,7 +159,7 @@ class ScriptedSite:
             raise RuntimeError(f"{self.name}: advertise first")
         return self.current
 
-    def advertise(self, config: pb.RoundConfig) -> AdvertiseKeys:
+    def advertise(self, config: RoundOffer) -> AdvertiseKeys:
         self.round, self.told = config.round, None
         self.current = SiteRound(secagg=self.secagg, transport=self.transport, peers=self.peers, config=config,
                                  federation_id=FED, consistency_check=self.settings.secagg.consistency_check)
@@ -194,7 +196,7 @@ class ScriptedSite:
             return exc.reply if exc.reply is not None else pb.SurvivorSignatures(status=pb.ABORTED)
         return self.told
 
-    def result(self) -> pb.RoundResult:
+    def result(self) -> RoundOutcome:
         return self._phase().result()
 
 

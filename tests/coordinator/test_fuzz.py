@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from coordinator.round_run import RoundPhase
 from coordinator.server import upload_layout
+from federation.round_codec import RoundOutcome
 from federation.site_round import RoundAbandoned
 from proto import federation_pb2 as pb
 from proto.settings import PROTOCOL_VERSION
@@ -325,11 +326,11 @@ def test_every_handler_survives_hostile_input_and_a_round_still_completes(tmp_pa
     assert outcomes[result.round]["outcome"] == "completed", engine.state.history
     # Assert: the round poisoned by forged shares aborted and revealed nothing
     assert outcomes[barrage.round]["outcome"] == "aborted" and "reconstruct" in outcomes[barrage.round]["reason"]
-    assert isinstance(poisoned, pb.RoundResult) and poisoned.status == pb.ABORTED
-    assert not poisoned.global_prototypes.float64_le and not poisoned.survivors
+    assert isinstance(poisoned, RoundOutcome) and poisoned.status == pb.ABORTED
+    assert poisoned.prototypes is None and not poisoned.survivors
     assert engine.runs[barrage.round].result is None
     assert engine.runs[result.round].phase is RoundPhase.DONE
-    got = np.frombuffer(result.global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
+    got = result.prototypes.reshape(layout.num_classes, layout.bits)
     total = np.sum(vectors, axis=0)
     sums, counts = total[:layout.num_classes * layout.bits], total[layout.num_classes * layout.bits:]
     means = sums.reshape(layout.num_classes, layout.bits) / counts[:, None]
@@ -361,6 +362,6 @@ def test_a_sum_that_is_no_valid_aggregate_aborts_the_round_and_rounds_go_on(tmp_
                      for n in SITES]
     # Assert: the round aborted with a reason, published nothing, and the driver started the next round
     assert result.status == pb.ABORTED and "not a valid aggregate" in result.abort_reason
-    assert not result.shared_model.float64_le
+    assert result.model is None
     assert engine.state.completed_rounds == 0
     assert all(f.status == pb.READY and f.round == result.round + 1 for f in following)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from coordinator.server import upload_layout
+from federation.round_codec import RoundOutcome
 from pfmh_model.prototypes import PrototypeStats, global_prototypes
 from proto import federation_pb2 as pb
 from tests.netfed import FED, ScriptedSite, coordinator, coordinator_config, join_sites, make_pki
@@ -39,7 +40,7 @@ def _cfg(tmp: Path, sites: list[str], **kw):
 
 def _run_round(sites: list[ScriptedSite], vectors: list[np.ndarray], *, after: int = 0,
                drop_after_share: tuple[str, ...] = (), drop_after_masked: tuple[str, ...] = (),
-               drop_after_signing: tuple[str, ...] = ()) -> list[pb.RoundResult]:
+               drop_after_signing: tuple[str, ...] = ()) -> list[RoundOutcome]:
     configs = [s.wait_round(after) for s in sites]
     for s, c in zip(sites, configs, strict=True):
         s.advertise(c)
@@ -75,7 +76,7 @@ def test_round_unmasks_exact_sum_of_all_sites(tmp_path: Path) -> None:
         results = _run_round(sites, vectors)
         # Assert
         assert all(r.status == pb.READY for r in results)
-        got = np.frombuffer(results[0].global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
+        got = results[0].prototypes.reshape(layout.num_classes, layout.bits)
         np.testing.assert_allclose(got, _expected(layout, vectors), atol=1e-5)
         assert engine.state.completed_rounds == 1
         assert sorted(results[0].survivors) == names
@@ -96,7 +97,7 @@ def test_dropouts_after_share_keys_and_after_masked_input_complete_above_thresho
         # Assert: the sum holds exactly the 5 sites that sent masked inputs (site-e's input counts).
         assert all(r.status == pb.READY for r in results)
         survivors = [v for n, v in zip(names, vectors, strict=True) if n != "site-b"]
-        got = np.frombuffer(results[0].global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
+        got = results[0].prototypes.reshape(layout.num_classes, layout.bits)
         np.testing.assert_allclose(got, _expected(layout, survivors), atol=1e-5)
         assert engine.state.history[-1]["outcome"] == "completed"
         # the round log: whose masked inputs entered the revealed sum (the audit's witness), out of the cohort
@@ -116,7 +117,7 @@ def test_round_below_threshold_aborts_revealing_nothing_and_next_round_runs(tmp_
         results = _run_round(sites, vectors, drop_after_share=("site-a",), drop_after_masked=("site-d",))
         # Assert: aborted, nothing decoded, the state unchanged
         assert all(r.status == pb.ABORTED for r in results)
-        assert all(not r.global_prototypes.float64_le for r in results)
+        assert all(r.prototypes is None for r in results)
         assert engine.state.completed_rounds == 0 and engine.state.prototypes is None
         assert engine.state.history[-1]["outcome"] == "aborted"
         assert engine.state.history[-1]["inputs_received"] == ["site-b", "site-c", "site-d", "site-e"]
@@ -181,7 +182,7 @@ def test_hostile_messages_are_rejected_and_the_server_keeps_serving(tmp_path: Pa
             s.unmask()
         result = a.result()
         assert result.status == pb.READY
-        got = np.frombuffer(result.global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
+        got = result.prototypes.reshape(layout.num_classes, layout.bits)
         np.testing.assert_allclose(got, _expected(layout, vectors), atol=1e-5)
         assert engine.metrics.rejected.labels("AdvertiseKeys")._value.get() >= 2
 
@@ -253,5 +254,5 @@ def test_secagg_plus_relays_each_site_only_its_neighbours_keys(tmp_path: Path) -
             assert len(ads.advertisements) == 5 and name in {a.site for a in ads.advertisements}
             assert list(ads.advertisers) == names
         assert all(r.status == pb.READY for r in results)
-        got = np.frombuffer(results[0].global_prototypes.float64_le).reshape(layout.num_classes, layout.bits)
+        got = results[0].prototypes.reshape(layout.num_classes, layout.bits)
         np.testing.assert_allclose(got, _expected(layout, vectors), atol=1e-5)

@@ -11,6 +11,7 @@ import numpy as np
 
 from coordinator.config import load_config
 from federation.config_files import coordinator_document, toml_text, write_toml
+from federation.round_codec import RoundOutcome
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
 from tests.netfed import FED, ScriptedSite, join_sites, make_pki
@@ -44,7 +45,7 @@ def _sites(tmp: Path, port: int, pki) -> list[ScriptedSite]:  # noqa: ANN001
     return join_sites(port, pki, cfg, SITES)
 
 
-def _complete_round(sites: list[ScriptedSite], after: int) -> pb.RoundResult:
+def _complete_round(sites: list[ScriptedSite], after: int) -> RoundOutcome:
     configs = [s.wait_round(after) for s in sites]
     for s, c in zip(sites, configs, strict=True):
         s.advertise(c)
@@ -86,7 +87,7 @@ def test_killed_coordinator_resumes_without_losing_or_reusing_rounds(tmp_path: P
         resumed = _complete_round(sites, interrupted)
         assert resumed.round > interrupted > first.round
         assert resumed.completed_rounds == 2
-        before = np.frombuffer(first.global_prototypes.float64_le)
+        before = first.prototypes.ravel()
         assert before.size and np.all(np.isfinite(before))
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -65,7 +65,7 @@ def test_exception_inside_a_round_aborts_it_logs_counts_and_the_next_round_runs(
         results = [s.result() for s in sites]
         # Assert: aborted, nothing revealed, cause logged and counted
         assert all(t.status == pb.ABORTED for t in told)
-        assert all(r.status == pb.ABORTED and not r.global_prototypes.float64_le for r in results)
+        assert all(r.status == pb.ABORTED and r.prototypes is None for r in results)
         assert engine.runs[1].result is None and engine.state.completed_rounds == 0
         assert _failures(engine, "RuntimeError") == 1
         assert engine.metrics.registry.get_sample_value("pfmh_rounds_aborted_total",

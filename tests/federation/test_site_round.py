@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from federation.peers import PeerVerifier
+from federation.round_codec import RoundOffer
 from federation.site_round import RoundAbandoned, SiteRound
 from proto import federation_pb2 as pb
 from security.pki import create_ca
@@ -40,8 +41,8 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> PeerVerifier:
 def _round(events: list[str], reply: Any, peers: PeerVerifier) -> SiteRound:
     config_ = SecAggConfig(federation_id="fed", vector_length=4, fraction_bits=16, max_abs_value=8.0)
     secagg = SecAggClient("site-a", signing_key=SigningKey.generate(), config=config_)
-    config = pb.RoundConfig(status=pb.READY, round=3, cohort=["site-a", "site-b", "site-c"], phase_timeout_s=5.0,
-                            train_timeout_s=10.0)
+    config = RoundOffer(status=pb.READY, federation_id="fed", completed_rounds=0, round=3,
+                        cohort=("site-a", "site-b", "site-c"), phase_timeout_s=5.0, train_timeout_s=10.0)
     return SiteRound(secagg=secagg, transport=_Recorder(events, reply), peers=peers, config=config,
                      federation_id="fed", consistency_check=True, before_send=lambda p: events.append(f"hook {p}"))
 
