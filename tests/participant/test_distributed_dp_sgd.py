@@ -4,8 +4,8 @@ Compared with noise off (sigma = 0) and the same lots: both runs take their Pois
 one seeded list (each rank keeps the part in its shard), including a lot that falls wholly in
 rank 0's shard and an empty one. Dropout is off (the mask generators are secret, per rank).
 Checked: the personal model's codes within 1e-5 and the prototype statistics within 1e-4 after
-12 steps; the replicas on both ranks are identical. (With noise on, Opacus' DistributedDPOptimizer
-draws it on rank 0 only; that is not checked here.)
+12 steps; the replicas on both ranks are identical. With noise on, the gradient Adam receives at
+the empty lot is the noise alone: its spread must be sigma C / expected lot, the same on both ranks.
 """
 from __future__ import annotations
 
@@ -69,18 +69,29 @@ def _rank(rank: int, world: int, port: int, out: str, noise: float) -> None:
 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
+    grad_std: list[float] = []
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the gradient Adam sees
+        grads = [q.grad.reshape(-1) for group in self.param_groups for q in group["params"] if q.grad is not None]
+        grad_std.append(float(torch.cat(grads).std()))
+        return adam_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = recording_step
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         split, query, trainer, glob, kwargs = _setup(noise)
         distributed_dp_sgd.poisson_sample = _Lots(*shard_bounds(N, rank, world))
         trainer = ShardedSiteTrainer.adopt(trainer, split)
         handlers = distributed_dp_sgd.install_dp_sgd(trainer)
+        rate = 0.0
         if rank == 0:
-            dp_sgd.train_encoder_dp_sgd(trainer, split, global_prototypes=glob, **kwargs)
+            rate = dp_sgd.train_encoder_dp_sgd(trainer, split, global_prototypes=glob, **kwargs).sample_rate
             trainer.stop()
         else:
             trainer.follow(handlers)
-        np.savez(Path(out) / f"rank{rank}.npz", **_result(trainer, split, query))
+        np.savez(Path(out) / f"rank{rank}.npz", **_result(trainer, split, query), grad_std=np.array(grad_std),
+                 sample_rate=rate)
     finally:
         dist.destroy_process_group()
 
@@ -104,3 +115,16 @@ def test_two_processes_equal_one_without_noise(tmp_path, monkeypatch) -> None:  
     np.testing.assert_array_equal(follower["weights"], leader["weights"])
 
 
+
+
+def test_two_processes_add_the_full_noise_once(tmp_path) -> None:  # noqa: ANN001
+    # Execute: sigma 2, C 1, the same fixed lots; step 6 is the empty lot (noise only, from rank 0).
+    leader, follower = _spawn(tmp_path, 2.0)
+    # Assert: the gradient there is N(0, (sigma C)^2) / expected lot, summed once over the ranks, and
+    # both ranks step with the same gradient (removing the noise, halving sigma or adding it on both ranks
+    # moves the spread by a factor of 2 or more).
+    expected_lot = max(1, round(float(leader["sample_rate"]) * N))
+    want = 2.0 * 1.0 / expected_lot
+    assert len(leader["grad_std"]) == STEPS
+    assert abs(leader["grad_std"][6] / want - 1) < 0.15, (leader["grad_std"][6], want)
+    np.testing.assert_allclose(follower["grad_std"], leader["grad_std"], rtol=1e-6)
