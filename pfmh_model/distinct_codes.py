@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from pfmh_model.packed_codes import WORD_BITS
-from pfmh_model.retrieval import SearchResult, chunk_rows, distance_block
+from pfmh_model.retrieval import SearchResult, chunk_rows, distance_block, gather_ranges
 
 SAMPLE_ROWS = 1 << 16          # rows looked at to guess whether an archive repeats its codes
 MAX_DISTINCT_FRACTION = 0.125  # used when at most this fraction of the rows are distinct codes
@@ -24,15 +24,6 @@ def worth_grouping(packed: np.ndarray) -> bool:
     n = len(packed)
     sample = packed[:: max(1, n // SAMPLE_ROWS)]
     return len(np.unique(sample, axis=0)) <= MAX_DISTINCT_FRACTION * len(sample)
-
-
-def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ranges ``starts[i] .. starts[i] + lengths[i] - 1``."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    before = np.cumsum(lengths) - lengths
-    return np.repeat(starts - before, lengths) + np.arange(total)
 
 
 class DistinctCodes:
@@ -88,9 +79,9 @@ class DistinctCodes:
         t = int(np.searchsorted(np.cumsum(per_radius), k))       # smallest radius holding >= k rows
         closer = np.flatnonzero(code_dist < t)
         at_t = np.flatnonzero(code_dist == t)
-        inside = _gather(self.offsets[closer], self.counts[closer])
+        inside = gather_ranges(self.offsets[closer], self.counts[closer])
         need = k - inside.size
-        edge = _gather(self.offsets[at_t], np.minimum(self.counts[at_t], need))
+        edge = gather_ranges(self.offsets[at_t], np.minimum(self.counts[at_t], need))
         edge_rows = np.sort(self.rows[edge])[:need]
         rows_in = self.rows[inside]
         dist_in = np.repeat(code_dist[closer], self.counts[closer])

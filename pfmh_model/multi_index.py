@@ -24,9 +24,9 @@ from itertools import combinations
 
 import numpy as np
 
-from pfmh_model.errors import ConfigError, DataError
+from pfmh_model.errors import ConfigError
 from pfmh_model.packed_codes import check_packed, words_for
-from pfmh_model.retrieval import SearchResult, chunk_rows, distance_block, search_transposed
+from pfmh_model.retrieval import SearchResult, check_queries, chunk_rows, distance_block, search_transposed
 
 _MAX_SUBSTRING_BITS = 24
 _CANDIDATE_WEIGHT = 0.25                # a candidate costs about a quarter of a bucket probe
@@ -131,12 +131,7 @@ class MultiIndexHashing:
         Raises:
             ConfigError: ``k < 1`` or ``chunk_size < 1``. DataError: malformed query codes.
         """
-        query_packed = check_packed(query_packed, "query_packed")
-        if query_packed.shape[1] != self.archive_t.shape[0]:
-            raise DataError(f"queries have {query_packed.shape[1]} words, the index "
-                            f"{self.archive_t.shape[0]}; pack both with the same bit length")
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}; ask for at least one neighbour")
+        query_packed = check_queries(query_packed, self.archive_t.shape[0], k)
         # Bound the (rows x probes) arrays to about 4 M entries and the composite keys below 2^62.
         rows = min(chunk_rows(self.n, chunk_size), max(1, (1 << 22) // max(1, int(self.probe_fraction * self.n))),
                    max(1, (1 << 62) // ((self.bits + 1) * max(self.n, 1))))

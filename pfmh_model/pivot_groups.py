@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pfmh_model.errors import ConfigError, DataError
+from pfmh_model.errors import ConfigError
 from pfmh_model.packed_codes import WORD_BITS, check_packed, pack_codes
-from pfmh_model.retrieval import SearchResult, distance_block, search_transposed
+from pfmh_model.retrieval import SearchResult, check_queries, distance_block, gather_ranges, search_transposed
 
 MAX_PIVOTS = 1024            # pivots at most; an assignment pass costs n x p distances
 ROWS_PER_PIVOT = 256         # fewer pivots for small archives
@@ -34,15 +34,6 @@ SAMPLE_ROWS = 1 << 16        # rows of the worth_pivots sample
 SAMPLE_QUERIES = 32
 MAX_SCAN_FRACTION = 0.05     # worth_pivots: at most this share of the sample read per query
 _ASSIGN_ROWS = 2048          # rows per assignment block
-
-
-def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ranges ``starts[i] .. starts[i] + lengths[i] - 1``."""
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    before = np.cumsum(lengths) - lengths
-    return np.repeat(starts - before, lengths) + np.arange(total)
 
 
 def _assign(packed: np.ndarray, pivots_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,12 +132,7 @@ class PivotGroups:
         Raises:
             ConfigError: ``k < 1``. DataError: malformed query codes.
         """
-        query_packed = check_packed(query_packed, "query_packed")
-        if query_packed.shape[1] != self.archive_t.shape[0]:
-            raise DataError(f"queries have {query_packed.shape[1]} words, the index "
-                            f"{self.archive_t.shape[0]}; pack both with the same bit length")
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}; ask for at least one neighbour")
+        query_packed = check_queries(query_packed, self.archive_t.shape[0], k)
         q, k = len(query_packed), min(k, self.n)
         indices = np.empty((q, k), np.int64)
         distances = np.empty((q, k), np.int32)
@@ -186,7 +172,7 @@ class PivotGroups:
         else:
             order = np.argsort(to_pivot, kind="stable")
             first = order[: int(np.searchsorted(np.cumsum(self.group_sizes[order]), k)) + 1]
-        near = _gather(self.offsets[first * span], self.group_sizes[first])
+        near = gather_ranges(self.offsets[first * span], self.group_sizes[first])
         bound = self._kth(self._distances(query, self.codes_t, near), k)
         # 3. every row within the bound, by the triangle inequality on its pivot distance
         begin = self.offsets[self._base + np.maximum(to_pivot - bound, 0)]
@@ -195,7 +181,7 @@ class PivotGroups:
         self.scanned += total
         if total > self.linear_fraction * n:
             return None
-        where = _gather(begin, lengths)
+        where = gather_ranges(begin, lengths)
         dist = self._distances(query, self.codes_t, where)
         close = np.flatnonzero(dist <= self._kth(dist, k))          # the top-k and the ties at the k-th
         keys = dist[close].astype(np.int64) * n + self.rows[where[close]]

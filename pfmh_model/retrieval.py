@@ -24,6 +24,26 @@ def _check_pair(query_packed: np.ndarray, archive_packed: np.ndarray) -> tuple[n
     return query_packed, archive_packed
 
 
+def check_queries(query_packed: np.ndarray, words: int, k: int) -> np.ndarray:
+    """The checks every index's ``search_packed`` makes: well-formed query codes of ``words`` words, k >= 1."""
+    query_packed = check_packed(query_packed, "query_packed")
+    if query_packed.shape[1] != words:
+        raise DataError(f"queries have {query_packed.shape[1]} words, the index {words}; pack both with the same "
+                        "bit length")
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}; ask for at least one neighbour")
+    return query_packed
+
+
+def gather_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ranges ``starts[i] .. starts[i] + lengths[i] - 1``."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    before = np.cumsum(lengths) - lengths
+    return np.repeat(starts - before, lengths) + np.arange(total)
+
+
 def distance_block(query_packed: np.ndarray, archive_t: np.ndarray,
                    buffer: np.ndarray | None = None) -> np.ndarray:
     """Hamming distances of a few queries to a word-major archive, in the smallest safe unsigned dtype.
