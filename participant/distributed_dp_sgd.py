@@ -21,14 +21,13 @@ run (``tests/participant/test_distributed_dp_sgd.py``).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from participant.dp_sgd import PerRecordLoss
+from participant.dp_sgd import PerRecordLoss, release_opacus_hooks, secret_generator
 from participant.privacy import Release
 from pfmh_model.data import Split
 from pfmh_model.distributed_training import ShardedSiteTrainer, shard_bounds
@@ -36,10 +35,6 @@ from pfmh_model.training import Records
 from security.dp_sampling import poisson_sample
 
 __all__ = ["install_dp_sgd", "train_dp_sgd_sharded"]
-
-
-def _secret_generator(device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
 def train_dp_sgd_sharded(trainer: ShardedSiteTrainer, model: nn.Module, split: Records, loss_fn: PerRecordLoss,
@@ -59,7 +54,7 @@ def train_dp_sgd_sharded(trainer: ShardedSiteTrainer, model: nn.Module, split: R
         return torch.from_numpy(np.ascontiguousarray(x[lo:hi], dtype=np.float32)).to(device)
 
     image, text, labels = shard(split.image), shard(split.text), shard(split.labels)
-    noise, masks = _secret_generator(device), _secret_generator(device)
+    noise, masks = secret_generator(device), secret_generator(device)
     expected_batch = max(1, round(release.sample_rate * n))  # of the whole lot, as in one process
     sampled = GradSampleModule(DifferentiallyPrivateDistributedDataParallel(model))
     optimizer = DistributedDPOptimizer(torch.optim.Adam(model.parameters(), lr=trainer.config.lr),
@@ -78,11 +73,7 @@ def train_dp_sgd_sharded(trainer: ShardedSiteTrainer, model: nn.Module, split: R
             else:  # nothing of this rank's shard in the lot (or an empty lot: noise only, from rank 0)
                 _zero_share_step(optimizer, model)
     finally:
-        sampled._close()
-        for param in model.parameters():
-            for attr in ("grad_sample", "_forward_counter", "summed_grad"):
-                if hasattr(param, attr):
-                    delattr(param, attr)
+        release_opacus_hooks(sampled, model)
     model.eval()
     return release
 

@@ -67,6 +67,20 @@ def _anchor_loss(trainer: SiteTrainer, prototypes: np.ndarray) -> PerRecordLoss:
                              quantization=cfg.weights.quantization, temperature=cfg.temperature)
 
 
+def secret_generator(device: torch.device) -> torch.Generator:
+    """A generator seeded from the OS CSPRNG: DP noise and dropout masks nobody can replay."""
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
+def release_opacus_hooks(sampled: nn.Module, model: nn.Module) -> None:
+    """Remove Opacus' hooks and per-sample attributes; the plain module stays where it was."""
+    sampled._close()  # noqa: SLF001 - Opacus' own teardown
+    for param in model.parameters():
+        for attr in ("grad_sample", "_forward_counter", "summed_grad"):
+            if hasattr(param, attr):
+                delattr(param, attr)
+
+
 def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: PerRecordLoss, release: Release,
                  *, max_grad_norm: float) -> Release:
     """Train ``model`` (in place) for ``release.steps`` Poisson-sampled DP-SGD steps; returns ``release``.
@@ -88,10 +102,10 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
     image = torch.from_numpy(np.ascontiguousarray(split.image, dtype=np.float32)).to(device)
     text = torch.from_numpy(np.ascontiguousarray(split.text, dtype=np.float32)).to(device)
     labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32)).to(device)
-    noise_generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
+    noise_generator = secret_generator(device)
     # Dropout masks are handed out by position in the lot, so adding a record shifts the masks of the records
     # after it; secret i.i.d. masks keep that shift invisible (the public trainer generator would not).
-    mask_generator = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
+    mask_generator = secret_generator(device)
     expected_batch = max(1, round(release.sample_rate * n))
     sampled = GradSampleModule(model)
     optimizer = DPOptimizer(torch.optim.Adam(model.parameters(), lr=cfg.lr),
@@ -103,11 +117,7 @@ def train_dp_sgd(trainer: SiteTrainer, model: nn.Module, split: Split, loss_fn: 
             _step(optimizer, sampled, model, image, text, labels, loss_fn, release, n=n, mask=mask_generator,
                   noise=noise_generator, expected_batch=expected_batch, max_grad_norm=max_grad_norm)
     finally:
-        sampled._close()  # remove Opacus hooks; the plain module stays where it was
-        for param in model.parameters():
-            for attr in ("grad_sample", "_forward_counter", "summed_grad"):
-                if hasattr(param, attr):
-                    delattr(param, attr)
+        release_opacus_hooks(sampled, model)
     model.eval()
     return release
 
