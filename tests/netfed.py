@@ -269,3 +269,26 @@ def run_daemons(daemons: list, timeout_s: float = 120) -> list[int]:
         t.join(timeout_s)
     assert not any(t.is_alive() for t in threads), f"daemons still running after {timeout_s}s"
     return codes  # type: ignore[return-value]
+
+
+def drive_to_masked_input(sites: list[ScriptedSite], after: int) -> None:
+    """Every scripted site through the round after ``after`` up to its masked input (site k sends k + 1)."""
+    offers = [s.wait_round(after) for s in sites]
+    for s, offer in zip(sites, offers, strict=True):
+        s.advertise(offer)
+    for s in sites:
+        s.share_keys()
+    for k, s in enumerate(sites):
+        s.masked_input(np.full(s.secagg._config.vector_length, float(k + 1)))
+
+
+def complete_round(sites: list[ScriptedSite], after: int) -> list[RoundOutcome]:
+    """One whole round of the scripted sites; asserts every site's result is READY."""
+    drive_to_masked_input(sites, after)
+    for s in sites:
+        s.sign_survivors()
+    for s in sites:
+        s.unmask()
+    results = [s.result() for s in sites]
+    assert all(r.status == pb.READY for r in results), [r.status for r in results]
+    return results

@@ -10,14 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from coordinator.config import load_config
-from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
 from tests.coordinator.test_restart import TOML
-from tests.netfed import Pki, ScriptedSite, join_sites, make_pki
+from tests.netfed import Pki, complete_round, join_sites, make_pki
 
 SITES = ["site-a", "site-b", "site-c"]
 
@@ -121,27 +119,12 @@ def test_signal_stops_a_coordinator_in_a_round_within_seconds(fed: Path, sig: si
         s.close()
 
 
-def _complete_round(sites: list[ScriptedSite], after: int) -> None:
-    configs = [s.wait_round(after) for s in sites]
-    for s, c in zip(sites, configs, strict=True):
-        s.advertise(c)
-    for s in sites:
-        s.share_keys()
-    for k, s in enumerate(sites):
-        s.masked_input(np.full(s.secagg._config.vector_length, float(k + 1)))
-    for s in sites:
-        s.sign_survivors()
-    for s in sites:
-        s.unmask()
-    assert all(s.result().status == pb.READY for s in sites)
-
-
 def test_a_coordinator_restarted_after_the_last_round_says_finished_and_exits_0(fed: Path) -> None:
     # Prepare: a one-round federation, run to its end
     (fed / "c.toml").write_text(TOML.replace("rounds = 3", "rounds = 1"))
     proc, port = _start(fed)
     sites = join_sites(port, _pki(fed), load_config(fed / "c.toml"), SITES)
-    _complete_round(sites, 0)
+    complete_round(sites, 0)
     for s in sites:
         s.close()
     assert _stop(proc)[0] == 0

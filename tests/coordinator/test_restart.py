@@ -11,10 +11,9 @@ import numpy as np
 
 from coordinator.config import load_config
 from federation.config_files import coordinator_document, toml_text, write_toml
-from federation.round_codec import RoundOutcome
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
-from tests.netfed import FED, ScriptedSite, join_sites, make_pki
+from tests.netfed import FED, ScriptedSite, complete_round, join_sites, make_pki
 
 SITES = ["site-a", "site-b", "site-c"]
 CONFIG = coordinator_document(
@@ -45,23 +44,6 @@ def _sites(tmp: Path, port: int, pki) -> list[ScriptedSite]:  # noqa: ANN001
     return join_sites(port, pki, cfg, SITES)
 
 
-def _complete_round(sites: list[ScriptedSite], after: int) -> RoundOutcome:
-    configs = [s.wait_round(after) for s in sites]
-    for s, c in zip(sites, configs, strict=True):
-        s.advertise(c)
-    for s in sites:
-        s.share_keys()
-    for k, s in enumerate(sites):
-        s.masked_input(np.full(s.secagg._config.vector_length, float(k + 1)))
-    for s in sites:
-        s.sign_survivors()
-    for s in sites:
-        s.unmask()
-    results = [s.result() for s in sites]
-    assert all(r.status == pb.READY for r in results)
-    return results[0]
-
-
 def test_killed_coordinator_resumes_without_losing_or_reusing_rounds(tmp_path: Path) -> None:
     # Prepare
     pki = make_pki(tmp_path, SITES)
@@ -69,7 +51,7 @@ def test_killed_coordinator_resumes_without_losing_or_reusing_rounds(tmp_path: P
     proc, port = _start(tmp_path)
     try:
         sites = _sites(tmp_path, port, pki)
-        first = _complete_round(sites, 0)
+        first = complete_round(sites, 0)[0]
         # Execute: round 2 starts, keys are advertised, then the coordinator is killed
         configs = [s.wait_round(first.round) for s in sites]
         for s, c in zip(sites, configs, strict=True):
@@ -84,7 +66,7 @@ def test_killed_coordinator_resumes_without_losing_or_reusing_rounds(tmp_path: P
         # Assert: round 1 survived the crash; the interrupted round's number is never reused
         status = sites[0].stub.GetStatus(pb.StatusRequest(), timeout=5)
         assert status.completed_rounds == 1
-        resumed = _complete_round(sites, interrupted)
+        resumed = complete_round(sites, interrupted)[0]
         assert resumed.round > interrupted > first.round
         assert resumed.completed_rounds == 2
         before = first.prototypes.ravel()

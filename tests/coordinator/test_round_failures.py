@@ -9,7 +9,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,7 +16,14 @@ from coordinator import rounds
 from coordinator.rounds import MAX_FAILED_ROUNDS
 from proto import federation_pb2 as pb
 from security.secagg_server import SecAggServer
-from tests.netfed import ScriptedSite, channel, coordinator, coordinator_config, join_sites, make_pki
+from tests.netfed import (
+    channel,
+    coordinator,
+    coordinator_config,
+    drive_to_masked_input,
+    join_sites,
+    make_pki,
+)
 
 SITES = ["site-a", "site-b", "site-c"]
 
@@ -29,16 +35,6 @@ def _cfg(tmp: Path, rounds_: int = 3):
 
 def _failures(engine, exception: str) -> float:
     return engine.metrics.registry.get_sample_value("pfmh_round_failures_total", {"exception": exception}) or 0.0
-
-
-def _to_masked_input(sites: list[ScriptedSite], after: int) -> None:
-    configs = [s.wait_round(after) for s in sites]
-    for s, c in zip(sites, configs, strict=True):
-        s.advertise(c)
-    for s in sites:
-        s.share_keys()
-    for k, s in enumerate(sites):
-        s.masked_input(np.full(s.secagg._config.vector_length, float(k + 1)))
 
 
 def test_exception_inside_a_round_aborts_it_logs_counts_and_the_next_round_runs(
@@ -60,7 +56,7 @@ def test_exception_inside_a_round_aborts_it_logs_counts_and_the_next_round_runs(
     with coordinator(tmp_path, cfg) as (port, engine):
         sites = join_sites(port, pki, cfg, SITES)
         # Execute: round 1 reaches the masked-input phase, where the fault hits
-        _to_masked_input(sites, 0)
+        drive_to_masked_input(sites, 0)
         told = [s.sign_survivors() for s in sites]
         results = [s.result() for s in sites]
         # Assert: aborted, nothing revealed, cause logged and counted
@@ -75,7 +71,7 @@ def test_exception_inside_a_round_aborts_it_logs_counts_and_the_next_round_runs(
         # Execute: the driver goes on; round 2 completes
         for s in sites:
             s.secagg.abort()
-        _to_masked_input(sites, 1)
+        drive_to_masked_input(sites, 1)
         for s in sites:
             s.sign_survivors()
         for s in sites:
