@@ -51,7 +51,7 @@ class SearchClient:
             spb.Query(image=[] if q.image is None else np.asarray(q.image, np.float32).tolist(),
                       text=[] if q.text is None else np.asarray(q.text, np.float32).tolist()) for q in queries])
         reply = self.stub.Search(request, timeout=self.timeout_s)
-        hits = [[Hit(h.record_id, int(h.row), int(h.distance), tuple(h.labels) or None) for h in r.hits]
+        hits = [[Hit(h.record_id, h.row, h.distance, tuple(h.labels) or None) for h in r.hits]  # proto ints are ints
                 for r in reply.results]
         return SearchAnswer(hits, reply.model_version, reply.generation, int(reply.archive_size), reply.record_ids)
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One neighbour: record id (or add-order number), archive row, Hamming distance, label names."""
+class Hit(NamedTuple):
+    """One neighbour: record id (or add-order number), archive row, Hamming distance, label names.
+
+    A NamedTuple, not a frozen dataclass: the client builds k of them per query, and a frozen
+    dataclass's ``__init__`` doubled the client's decoding time (0.26 against 0.12 ms for k = 100).
+    """
 
     record_id: str
     row: int
