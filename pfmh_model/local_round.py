@@ -34,7 +34,7 @@ def train_pfmh_site(trainer: SiteTrainer, train: Split, global_prototypes: np.nd
     Returns:
         The site's exact prototype statistics (from the personal model) and the mean losses.
     """
-    losses = dict(trainer.train_personal(train))
+    losses = dict(trainer.train_personal(train, global_prototypes=global_prototypes))
     stats = trainer.prototype_statistics(train)
     if train_shared:
         completed = complete_prototypes(stats, global_prototypes)
@@ -66,7 +66,7 @@ def make_upload(trainer: SiteTrainer, n_records: int, stats: PrototypeStats | No
 def train_pfmh_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split],
                      global_prototypes: np.ndarray) -> list[tuple[PrototypeStats, dict[str, float]]]:
     """:func:`train_pfmh_site` at every site, the sites' models trained together (``site_batch``)."""
-    personal = train_personal_together(trainers, trains)
+    personal = train_personal_together(trainers, trains, global_prototypes=global_prototypes)
     stats = [t.prototype_statistics(s) for t, s in zip(trainers, trains, strict=True)]
     completed = [complete_prototypes(s, global_prototypes) for s in stats]
     for trainer in trainers:

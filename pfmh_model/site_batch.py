@@ -179,12 +179,24 @@ def _check_group(trainers: Sequence[SiteTrainer], splits: Sequence[Records]) -> 
 
 
 def train_personal_together(trainers: Sequence[SiteTrainer], splits: Sequence[Records], *,
-                            epochs: int | None = None) -> list[dict[str, float]]:
+                            epochs: int | None = None,
+                            global_prototypes: np.ndarray | None = None) -> list[dict[str, float]]:
     """``SiteTrainer.train_personal`` at every site at once; one result dict per site."""
     _check_group(trainers, splits)
-    w = trainers[0].config.weights
-    n = trainers[0].config.personal_epochs if epochs is None else epochs
-    return _train(trainers, splits, "personal", n, {"similarity": w.similarity, "quantization": w.quantization}, {})
+    cfg = trainers[0].config
+    w = cfg.weights
+    n = cfg.personal_epochs if epochs is None else epochs
+    weights = {"similarity": w.similarity, "quantization": w.quantization}
+    extras: dict[str, list] = {}
+    if global_prototypes is not None and w.personal_contrastive > 0:
+        device = next(trainers[0].personal.parameters()).device
+        value = torch.as_tensor(np.asarray(global_prototypes), dtype=torch.float32, device=device)
+        if value.shape != (splits[0].labels.shape[1], cfg.bits):
+            raise DataError(f"global prototypes are {tuple(value.shape)}, expected "
+                            f"({splits[0].labels.shape[1]}, {cfg.bits})")
+        weights["contrastive_global"] = w.personal_contrastive
+        extras["contrastive_global"] = [value] * len(trainers)
+    return _train(trainers, splits, "personal", n, weights, extras)
 
 
 def train_shared_together(trainers: Sequence[SiteTrainer], splits: Sequence[Records], *,

@@ -200,16 +200,23 @@ class SiteTrainer:
         group["shared_rounds"] = done + 1
         return float(group["lr"])
 
-    def train_personal(self, split: Records, *, epochs: int | None = None,
+    def train_personal(self, split: Records, *, epochs: int | None = None, global_prototypes: np.ndarray | None = None,
                        progress: bool = False) -> dict[str, float]:
-        """PFMH step 1: train the personal model with L_sim + L_q.
+        """PFMH step 1: train the personal model with L_sim + L_q
+        [+ w_pcon L_con(global prototypes) when ``weights.personal_contrastive`` > 0 and they are given].
 
         Returns:
             Mean loss terms over the last epoch (NaN when ``epochs`` is 0), epochs and seconds.
         """
         w = self.config.weights
-        terms = {"similarity": (w.similarity, lambda h, i, y: similarity_loss(h, y)),
-                 "quantization": (w.quantization, lambda h, i, y: quantization_loss(h))}
+        terms: dict[str, _Term] = {"similarity": (w.similarity, lambda h, i, y: similarity_loss(h, y)),
+                                   "quantization": (w.quantization, lambda h, i, y: quantization_loss(h))}
+        if global_prototypes is not None and w.personal_contrastive > 0:
+            p = _as_tensor(global_prototypes).to(self.device)
+            if p.shape != (split.labels.shape[1], self.config.bits):
+                raise DataError(f"global prototypes are {tuple(p.shape)}, expected "
+                                f"({split.labels.shape[1]}, {self.config.bits})")
+            terms["contrastive_global"] = (w.personal_contrastive, _contrastive_term(p, None, self.config.temperature))
         n = self.config.personal_epochs if epochs is None else epochs
         return self._run("personal", self.personal, self.personal_opt, split, n, progress, terms)
 
@@ -325,8 +332,11 @@ class SiteTrainer:
         """
         if state.get("format") != "pfmh-site-trainer/1":
             raise StateMismatch(f"snapshot format {state.get('format')!r} is not 'pfmh-site-trainer/1'")
-        # A snapshot from before modality_dropout / shared_lr_decay existed trained without them (0 / 1).
+        # A snapshot from before modality_dropout / shared_lr_decay / weights.personal_contrastive existed
+        # trained without them (0 / 1 / 0).
         saved = {"modality_dropout": 0.0, "shared_lr_decay": 1.0, **(state.get("config") or {})}
+        if isinstance(saved.get("weights"), dict):
+            saved["weights"] = {"personal_contrastive": 0.0, **saved["weights"]}
         if saved != asdict(self.config):
             raise StateMismatch(f"snapshot config {state.get('config')} differs from {asdict(self.config)}; "
                                 "build the trainer with the snapshot's TrainConfig")

@@ -183,3 +183,35 @@ def test_federation_with_modality_dropout_trains_sites_together(data, monkeypatc
                         lambda self, original=Federation._local_updates_together: calls.append(1) or original(self))
     Federation(sites, FederationConfig(method=Method.PFMH, rounds=1, train=cfg)).run_round()
     assert calls == [1]
+
+
+def test_personal_anchoring_together_equals_one_site_at_a_time(data) -> None:  # noqa: ANN001
+    # Prepare: the personal model pulled towards the global prototypes (weights.personal_contrastive)
+    cfg = dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=0.5))
+    splits = _splits(data)
+    alone = [SiteTrainer(cfg, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
+                         init_seed=cfg.seed, batch_seed=100 + i) for i in range(len(splits))]
+    together, unanchored = copy.deepcopy(alone), copy.deepcopy(alone)
+    globals_ = initial_prototypes(data.num_classes, cfg.bits, seed=0)
+    # Execute: the personal phase both ways with the global prototypes, and once without them
+    one = [t.train_personal(s, global_prototypes=globals_) for t, s in zip(alone, splits, strict=True)]
+    many = train_personal_together(together, splits, global_prototypes=globals_)
+    plain = train_personal_together(unanchored, splits)
+    # Assert: the term is trained and reported, both paths agree, and it changes the model
+    assert "contrastive_global" in many[0] and "contrastive_global" not in plain[0]
+    _assert_same_losses(one, many)
+    _assert_same(alone, together, splits)
+    assert not np.allclose(together[0].encode(splits[0], model="personal"),
+                           unanchored[0].encode(splits[0], model="personal"), atol=1e-3)
+
+
+def test_personal_anchoring_refuses_prototypes_of_the_wrong_shape(data) -> None:  # noqa: ANN001
+    from pfmh_model.errors import DataError
+
+    cfg = dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=1.0))
+    trainer = SiteTrainer(cfg, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes)
+    wrong = np.zeros((data.num_classes, cfg.bits + 1), np.float32)
+    with pytest.raises(DataError, match="global prototypes"):
+        trainer.train_personal(_splits(data)[0], global_prototypes=wrong)
+    with pytest.raises(DataError, match="global prototypes"):
+        train_personal_together([trainer], _splits(data)[:1], global_prototypes=wrong)

@@ -285,3 +285,19 @@ def test_snapshot_from_before_modality_dropout_still_loads(tmp_path: Path) -> No
     np.testing.assert_array_equal(again.encode(_split()), trainer.encode(_split()))
     with pytest.raises(StateMismatch):
         _trainer(dataclasses.replace(CFG, modality_dropout=0.5)).load_state_dict(state)
+
+
+def test_snapshot_from_before_personal_anchoring_loads_as_unanchored(tmp_path: Path) -> None:
+    # Prepare: a snapshot of an unanchored trainer whose weights table lacks the new key, as older versions wrote it
+    plain = dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=0.0))
+    trainer = _trainer(plain)
+    state = trainer.state_dict()
+    del state["config"]["weights"]["personal_contrastive"]
+    # Execute
+    again = _trainer(plain)
+    again.load_state_dict(state)
+    # Assert: it loads as personal_contrastive = 0 (what it trained with); under the default it is refused
+    np.testing.assert_array_equal(again.encode(_split()), trainer.encode(_split()))
+    with pytest.raises(StateMismatch, match="differs"):
+        _trainer(dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=0.3))
+                 ).load_state_dict(state)
