@@ -189,14 +189,41 @@ def bench_archive(archive: np.ndarray, queries: np.ndarray, bits: int, args: arg
 
 
 # ---------------------------------------------------------------------------------------------- server
-def bench_server(n: int, trainer, data, args: argparse.Namespace) -> str:  # noqa: ANN001
-    """p50/p99 of one query through serve-search over a tiled real archive of n records."""
+def write_site_state(state: Path, trainer, data, n: int) -> float:  # noqa: ANN001
+    """A site's state folder as serve-search reads it: the settings, the trained model as the snapshot of
+    round 1, and an archive of the database records (features, codes, ids r0.., labels) tiled to n.
+
+    Returns:
+        Seconds the archive took to write.
+    """
     from federation.plan import FederationSettings, PrivacySettings
     from participant.archive import Archive
-    from participant.search_client import Query, SearchClient
-    from participant.search_server import SERVICE_NAME
     from participant.site_model import model_version
     from pfmh_model.record_file import RecordBatch
+
+    state.mkdir()
+    config = dataclasses.asdict(trainer.config)
+    config.pop("weights")
+    settings = FederationSettings(federation_id="bench", image_dim=data.image_dim, text_dim=data.text_dim,
+                                  num_classes=data.num_classes, method="pfmh", share_mode="prototypes",
+                                  rounds=1, min_sites=1, train=config, privacy=PrivacySettings(mode="off"))
+    (state / "settings.json").write_text(settings.to_json())
+    trainer.save_snapshot(state / "trainer.pt", extra={"after_round": 1, "completed_rounds": 1})
+    db = data.database
+    codes = pack_codes(trainer.encode(db))
+    ids = np.array([f"r{i}" for i in range(n)], dtype=object)
+    batch = RecordBatch(_tile(db.image, n), _tile(db.text, n), np.ones((n, 2), bool), ids,
+                        _tile(db.labels.astype(np.uint8), n))
+    start = time.perf_counter()
+    Archive(state / "archive").add(batch, _tile(codes, n), bits=trainer.config.bits,
+                                   model_version=model_version(trainer, 1))
+    return time.perf_counter() - start
+
+
+def bench_server(n: int, trainer, data, args: argparse.Namespace) -> str:  # noqa: ANN001
+    """p50/p99 of one query through serve-search over a tiled real archive of n records."""
+    from participant.search_client import Query, SearchClient
+    from participant.search_server import SERVICE_NAME
     from proto import search_pb2 as spb
     from security.pki import Role, create_ca
     from security.pki_issue import issue_certificate
@@ -204,24 +231,7 @@ def bench_server(n: int, trainer, data, args: argparse.Namespace) -> str:  # noq
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
         state = tmp / "state"
-        state.mkdir()
-        config = dataclasses.asdict(trainer.config)
-        config.pop("weights")
-        settings = FederationSettings(federation_id="bench", image_dim=data.image_dim, text_dim=data.text_dim,
-                                      num_classes=data.num_classes, method="pfmh", share_mode="prototypes",
-                                      rounds=1, min_sites=1, train=config, privacy=PrivacySettings(mode="off"))
-        (state / "settings.json").write_text(settings.to_json())
-        trainer.save_snapshot(state / "trainer.pt", extra={"after_round": 1, "completed_rounds": 1})
-        db = data.database
-        codes = pack_codes(trainer.encode(db))
-        ids = np.array([f"r{i}" for i in range(n)], dtype=object)
-        batch = RecordBatch(_tile(db.image, n), _tile(db.text, n), np.ones((n, 2), bool), ids,
-                            _tile(db.labels.astype(np.uint8), n))
-        start = time.perf_counter()
-        Archive(state / "archive").add(batch, _tile(codes, n), bits=trainer.config.bits,
-                                       model_version=model_version(trainer, 1))
-        write_s = time.perf_counter() - start
-        del batch
+        write_s = write_site_state(state, trainer, data, n)
         ca = create_ca(federation_id="bench", out_dir=tmp / "pki")
         issue_certificate(ca=ca, role=Role.SITE, name="site")
         issue_certificate(ca=ca, role=Role.SITE, name="client")

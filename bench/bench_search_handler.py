@@ -17,13 +17,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_retrieval as br  # noqa: E402
@@ -63,35 +60,17 @@ def main() -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from federation.plan import FederationSettings, PrivacySettings
     from participant.archive import Archive
     from participant.search_engine import SearchEngine
     from participant.search_server import SearchMetrics, SearchServicer, _queries
     from participant.search_wire import ReplyWriter
-    from participant.site_model import model_version
-    from pfmh_model.packed_codes import pack_codes
-    from pfmh_model.record_file import RecordBatch
     from proto import search_pb2 as spb
 
     trainer, data = br.trained_model(args.bits, args.data, args.epochs)
     n = args.size
     with tempfile.TemporaryDirectory() as tmp_name:
         state = Path(tmp_name) / "state"
-        state.mkdir()
-        config = dataclasses.asdict(trainer.config)
-        config.pop("weights")
-        settings = FederationSettings(federation_id="bench", image_dim=data.image_dim, text_dim=data.text_dim,
-                                      num_classes=data.num_classes, method="pfmh", share_mode="prototypes",
-                                      rounds=1, min_sites=1, train=config, privacy=PrivacySettings(mode="off"))
-        (state / "settings.json").write_text(settings.to_json())
-        trainer.save_snapshot(state / "trainer.pt", extra={"after_round": 1, "completed_rounds": 1})
-        db = data.database
-        ids = np.array([f"r{i}" for i in range(n)], dtype=object)
-        batch = RecordBatch(br._tile(db.image, n), br._tile(db.text, n), np.ones((n, 2), bool), ids,
-                            br._tile(db.labels.astype(np.uint8), n))
-        Archive(state / "archive").add(batch, br._tile(pack_codes(trainer.encode(db)), n), bits=args.bits,
-                                       model_version=model_version(trainer, 1))
-        del batch
+        br.write_site_state(state, trainer, data, n)
         engine = SearchEngine(state, Archive(state / "archive"))
         view = engine.view
         view.index.prepare()
