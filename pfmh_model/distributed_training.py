@@ -22,7 +22,7 @@ Our collectives run on a group of their own, apart from DDP's gradient buckets. 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pfmh_model.errors import OptionError
 from pfmh_model.network import HashNet, _Dropout
-from pfmh_model.training import Records, SiteTrainer, _Term, _weighted_sum
+from pfmh_model.training import Records, SiteTrainer
 
 __all__ = ["ShardedSiteTrainer", "broadcast_message", "shard_bounds", "stop_followers"]
 
@@ -252,38 +252,19 @@ class ShardedSiteTrainer(SiteTrainer):
         return super().train_shared(split, **kwargs)
 
     # ----------------------------------------------------------------- the sharded epoch loop
-    def _run(self, name: str, model: HashNet, opt: torch.optim.Optimizer, split: Records, epochs: int,
-             progress: bool, terms: dict[str, _Term]) -> dict[str, float]:
-        """``SiteTrainer._run`` with each batch's forward split over the ranks (module docstring)."""
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise OptionError(f"epochs={epochs!r} is invalid: need an integer >= 0")
-        img, txt, lab = self._tensors(split)
-        n = img.shape[0]
-        start, last = time.perf_counter(), {k: float("nan") for k in terms}
-        if n < 2:
-            logger.warning("%s model not trained: the split has %d record(s), BatchNorm needs 2", name, n)
-            epochs = 0
-        model.train()
+    def _batch_codes(self, model: HashNet, img: torch.Tensor, txt: torch.Tensor
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Each batch's forward split over the ranks, the codes of all its rows gathered (module docstring)."""
         ids = [self.device.index] if self.device.type == "cuda" else None
         ddp = DistributedDataParallel(_ShardedForward(model, self.group), device_ids=ids, broadcast_buffers=False)
-        for _ in range(epochs):
-            totals, steps = dict.fromkeys(terms, 0.0), 0
-            for idx in self._batches(n):
-                total = idx.numel()
-                present = self._modality_mask(total)  # drawn before the dropout masks, as in one process
-                sizes = [hi - lo for lo, hi in (shard_bounds(total, r, self.world) for r in range(self.world))]
-                lo, hi = shard_bounds(total, self.rank, self.world)
-                mine = idx[lo:hi]
-                local = ddp(img[mine], txt[mine], None if present is None else present.to(self.device),
-                            rows=slice(lo, hi), total=total, generator=self.generator)
-                codes = _GatherRows.apply(local, sizes, self.rank, self.group)
-                parts = {k: fn(codes, idx, lab[idx]) for k, (_, fn) in terms.items()}
-                self._step(model, opt, _weighted_sum(terms, parts))
-                for k, v in parts.items():
-                    totals[k] += float(v.detach())
-                steps += 1
-            last = {k: v / steps for k, v in totals.items()}
-        loss = sum(terms[k][0] * v for k, v in last.items()) if last else float("nan")
-        seconds = time.perf_counter() - start
-        logger.debug("%s model on %d ranks: %d epochs on %d records in %.2f s", name, self.world, epochs, n, seconds)
-        return {"loss": float(loss), **last, "epochs": float(epochs), "seconds": seconds}
+
+        def codes(idx: torch.Tensor) -> torch.Tensor:
+            total = idx.numel()
+            present = self._modality_mask(total)  # drawn before the dropout masks, as in one process
+            sizes = [hi - lo for lo, hi in (shard_bounds(total, r, self.world) for r in range(self.world))]
+            lo, hi = shard_bounds(total, self.rank, self.world)
+            mine = idx[lo:hi]
+            local = ddp(img[mine], txt[mine], None if present is None else present.to(self.device),
+                        rows=slice(lo, hi), total=total, generator=self.generator)
+            return _GatherRows.apply(local, sizes, self.rank, self.group)
+        return codes

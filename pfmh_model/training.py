@@ -157,6 +157,11 @@ class SiteTrainer:
         nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip, foreach=True)
         opt.step()
 
+    def _batch_codes(self, model: HashNet, img: torch.Tensor, txt: torch.Tensor
+                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The training forward of one mini-batch (row indices -> codes); a sharded trainer splits it."""
+        return lambda idx: model(img[idx], txt[idx], generator=self.generator, present=self._modality_mask(len(idx)))
+
     def _run(self, name: str, model: HashNet, opt: torch.optim.Optimizer, split: Records, epochs: int,
              progress: bool, terms: dict[str, _Term]) -> dict[str, float]:
         """Epoch loop over shuffled mini-batches; returns the last epoch's mean of every term."""
@@ -169,11 +174,12 @@ class SiteTrainer:
                            img.shape[0])
             epochs = 0
         model.train()
+        batch_codes = self._batch_codes(model, img, txt)
         for _ in tqdm(range(epochs), desc=f"{name} model", disable=not progress, leave=False):
             totals = dict.fromkeys(terms, 0.0)
             steps = 0
             for idx in self._batches(img.shape[0]):
-                codes = model(img[idx], txt[idx], generator=self.generator, present=self._modality_mask(len(idx)))
+                codes = batch_codes(idx)
                 parts = {k: fn(codes, idx, lab[idx]) for k, (_, fn) in terms.items()}
                 self._step(model, opt, _weighted_sum(terms, parts))
                 for k, v in parts.items():
