@@ -238,12 +238,12 @@ class ShardedSiteTrainer(SiteTrainer):
         if split is not self.split:
             raise OptionError("a site trained on several processes trains only on its own training split")
 
-    def train_personal(self, split: Records, *, epochs: int | None = None, global_prototypes: np.ndarray | None = None,
+    def train_personal(self, split: Records, *, epochs: int | None = None, anchors: np.ndarray | None = None,
                        progress: bool = False) -> dict[str, float]:
         self._check_split(split)
         if self.rank == 0:
-            self.command("train_personal", {"epochs": epochs, "global_prototypes": global_prototypes})
-        return super().train_personal(split, epochs=epochs, global_prototypes=global_prototypes, progress=progress)
+            self.command("train_personal", {"epochs": epochs, "anchors": anchors})
+        return super().train_personal(split, epochs=epochs, anchors=anchors, progress=progress)
 
     def train_shared(self, split: Records, **kwargs: Any) -> dict[str, float]:  # noqa: ANN401
         self._check_split(split)

@@ -12,6 +12,7 @@ from pfmh_model.aggregation import SiteUpload, UploadLayout
 from pfmh_model.data import Split
 from pfmh_model.fedhap import FedHAPTrainer
 from pfmh_model.prototypes import PrototypeStats, complete_prototypes
+from pfmh_model.server_step import initial_prototypes
 from pfmh_model.site_batch import train_personal_together, train_shared_together
 from pfmh_model.training import SiteTrainer, flatten_state
 
@@ -19,6 +20,20 @@ from pfmh_model.training import SiteTrainer, flatten_state
 def site_batch_seed(seed: int, site_index: int) -> int:
     """Seed of a site's batch order and dropout: the k-th site (sorted ids) of a run seeded ``seed``."""
     return seed * 1000 + site_index
+
+
+def personal_anchors(trainer: SiteTrainer, num_classes: int) -> np.ndarray | None:
+    """The fixed class centres a site's personal model is pulled towards, or None (weight 0).
+
+    They are the round-0 global prototypes (``server_step.initial_prototypes``, public constants
+    from the common seed), so every site's personal code space, whose codes make the uploaded
+    prototype statistics, is anchored to one frame. Fixed, not the broadcast prototypes: those are
+    means of the personal codes themselves, and pulling the codes towards them each round fed back on
+    multi-label data (per-site and global mAP fell after round 10; docs/BENCHMARKS.md).
+    """
+    if trainer.config.weights.personal_contrastive <= 0:
+        return None
+    return initial_prototypes(num_classes, trainer.config.bits, seed=trainer.config.seed)
 
 
 def train_pfmh_site(trainer: SiteTrainer, train: Split, global_prototypes: np.ndarray, *,
@@ -34,7 +49,7 @@ def train_pfmh_site(trainer: SiteTrainer, train: Split, global_prototypes: np.nd
     Returns:
         The site's exact prototype statistics (from the personal model) and the mean losses.
     """
-    losses = dict(trainer.train_personal(train, global_prototypes=global_prototypes))
+    losses = dict(trainer.train_personal(train, anchors=personal_anchors(trainer, train.labels.shape[1])))
     stats = trainer.prototype_statistics(train)
     if train_shared:
         completed = complete_prototypes(stats, global_prototypes)
@@ -66,7 +81,8 @@ def make_upload(trainer: SiteTrainer, n_records: int, stats: PrototypeStats | No
 def train_pfmh_sites(trainers: Sequence[SiteTrainer], trains: Sequence[Split],
                      global_prototypes: np.ndarray) -> list[tuple[PrototypeStats, dict[str, float]]]:
     """:func:`train_pfmh_site` at every site, the sites' models trained together (``site_batch``)."""
-    personal = train_personal_together(trainers, trains, global_prototypes=global_prototypes)
+    anchors = personal_anchors(trainers[0], trains[0].labels.shape[1])
+    personal = train_personal_together(trainers, trains, anchors=anchors)
     stats = [t.prototype_statistics(s) for t, s in zip(trainers, trains, strict=True)]
     completed = [complete_prototypes(s, global_prototypes) for s in stats]
     for trainer in trainers:

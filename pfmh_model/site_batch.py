@@ -179,8 +179,7 @@ def _check_group(trainers: Sequence[SiteTrainer], splits: Sequence[Records]) -> 
 
 
 def train_personal_together(trainers: Sequence[SiteTrainer], splits: Sequence[Records], *,
-                            epochs: int | None = None,
-                            global_prototypes: np.ndarray | None = None) -> list[dict[str, float]]:
+                            epochs: int | None = None, anchors: np.ndarray | None = None) -> list[dict[str, float]]:
     """``SiteTrainer.train_personal`` at every site at once; one result dict per site."""
     _check_group(trainers, splits)
     cfg = trainers[0].config
@@ -188,14 +187,14 @@ def train_personal_together(trainers: Sequence[SiteTrainer], splits: Sequence[Re
     n = cfg.personal_epochs if epochs is None else epochs
     weights = {"similarity": w.similarity, "quantization": w.quantization}
     extras: dict[str, list] = {}
-    if global_prototypes is not None and w.personal_contrastive > 0:
+    if anchors is not None and w.personal_contrastive > 0:
         device = next(trainers[0].personal.parameters()).device
-        value = torch.as_tensor(np.asarray(global_prototypes), dtype=torch.float32, device=device)
+        value = torch.as_tensor(np.asarray(anchors), dtype=torch.float32, device=device)
         if value.shape != (splits[0].labels.shape[1], cfg.bits):
-            raise DataError(f"global prototypes are {tuple(value.shape)}, expected "
+            raise DataError(f"personal anchors are {tuple(value.shape)}, expected "
                             f"({splits[0].labels.shape[1]}, {cfg.bits})")
-        weights["contrastive_global"] = w.personal_contrastive
-        extras["contrastive_global"] = [value] * len(trainers)
+        weights["anchor"] = w.personal_contrastive
+        extras["anchor"] = [value] * len(trainers)
     return _train(trainers, splits, "personal", n, weights, extras)
 
 

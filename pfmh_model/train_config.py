@@ -32,11 +32,10 @@ class LossWeights:
     quantization: float = 0.1
     distillation: float = 0.01
     contrastive: float = 1.0
-    # The personal model's pull towards the broadcast global prototypes (0: L_sim + L_q only, as the
-    # paper). It anchors every site's personal code space, whose codes make the uploaded prototypes,
-    # to one frame; the DP chain's personal model already trains against them (docs/PRIVACY.md 2.1).
-    # 0.3: global mAP +0.026 to +0.038 on three Wiki tables, per-site within -0.005..+0.003
-    # (3 seeds each, docs/BENCHMARKS.md "personal anchoring").
+    # The personal model's pull towards fixed class centres, the round-0 Hadamard prototypes (0: L_sim +
+    # L_q only, as the paper). It anchors every site's personal code space, whose codes make the
+    # uploaded prototypes, to one frame (``local_round.personal_anchors``; docs/BENCHMARKS.md
+    # "personal anchoring").
     personal_contrastive: float = 0.3
 
     def __post_init__(self) -> None:

@@ -206,10 +206,13 @@ class SiteTrainer:
         group["shared_rounds"] = done + 1
         return float(group["lr"])
 
-    def train_personal(self, split: Records, *, epochs: int | None = None, global_prototypes: np.ndarray | None = None,
+    def train_personal(self, split: Records, *, epochs: int | None = None, anchors: np.ndarray | None = None,
                        progress: bool = False) -> dict[str, float]:
         """PFMH step 1: train the personal model with L_sim + L_q
-        [+ w_pcon L_con(global prototypes) when ``weights.personal_contrastive`` > 0 and they are given].
+        [+ w_anchor L_con(anchors) when ``anchors`` are given and ``weights.personal_contrastive`` > 0].
+
+        Args:
+            anchors: (C, b) fixed class centres to pull the codes towards (``local_round.personal_anchors``).
 
         Returns:
             Mean loss terms over the last epoch (NaN when ``epochs`` is 0), epochs and seconds.
@@ -217,12 +220,12 @@ class SiteTrainer:
         w = self.config.weights
         terms: dict[str, _Term] = {"similarity": (w.similarity, lambda h, i, y: similarity_loss(h, y)),
                                    "quantization": (w.quantization, lambda h, i, y: quantization_loss(h))}
-        if global_prototypes is not None and w.personal_contrastive > 0:
-            p = _as_tensor(global_prototypes).to(self.device)
+        if anchors is not None and w.personal_contrastive > 0:
+            p = _as_tensor(anchors).to(self.device)
             if p.shape != (split.labels.shape[1], self.config.bits):
-                raise DataError(f"global prototypes are {tuple(p.shape)}, expected "
+                raise DataError(f"personal anchors are {tuple(p.shape)}, expected "
                                 f"({split.labels.shape[1]}, {self.config.bits})")
-            terms["contrastive_global"] = (w.personal_contrastive, _contrastive_term(p, None, self.config.temperature))
+            terms["anchor"] = (w.personal_contrastive, _contrastive_term(p, None, self.config.temperature))
         n = self.config.personal_epochs if epochs is None else epochs
         return self._run("personal", self.personal, self.personal_opt, split, n, progress, terms)
 

@@ -17,6 +17,7 @@ import torch
 from pfmh_model.data import Split
 from pfmh_model.errors import OptionError
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
+from pfmh_model.local_round import personal_anchors, train_pfmh_site, train_pfmh_sites
 from pfmh_model.partition import partition_dataset
 from pfmh_model.prototypes import complete_prototypes
 from pfmh_model.server_step import initial_prototypes
@@ -186,32 +187,48 @@ def test_federation_with_modality_dropout_trains_sites_together(data, monkeypatc
 
 
 def test_personal_anchoring_together_equals_one_site_at_a_time(data) -> None:  # noqa: ANN001
-    # Prepare: the personal model pulled towards the global prototypes (weights.personal_contrastive)
+    # Prepare: the personal model pulled towards fixed class centres (weights.personal_contrastive)
     cfg = dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=0.5))
     splits = _splits(data)
     alone = [SiteTrainer(cfg, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
                          init_seed=cfg.seed, batch_seed=100 + i) for i in range(len(splits))]
     together, unanchored = copy.deepcopy(alone), copy.deepcopy(alone)
-    globals_ = initial_prototypes(data.num_classes, cfg.bits, seed=0)
-    # Execute: the personal phase both ways with the global prototypes, and once without them
-    one = [t.train_personal(s, global_prototypes=globals_) for t, s in zip(alone, splits, strict=True)]
-    many = train_personal_together(together, splits, global_prototypes=globals_)
+    centres = personal_anchors(alone[0], data.num_classes)
+    # Execute: the personal phase both ways with the anchors, and once without them
+    one = [t.train_personal(s, anchors=centres) for t, s in zip(alone, splits, strict=True)]
+    many = train_personal_together(together, splits, anchors=centres)
     plain = train_personal_together(unanchored, splits)
-    # Assert: the term is trained and reported, both paths agree, and it changes the model
-    assert "contrastive_global" in many[0] and "contrastive_global" not in plain[0]
+    # Assert: the anchors are the round-0 centres; the term is trained and reported, both paths agree,
+    # and it changes the model
+    np.testing.assert_array_equal(centres, initial_prototypes(data.num_classes, cfg.bits, seed=cfg.seed))
+    assert "anchor" in many[0] and "anchor" not in plain[0]
     _assert_same_losses(one, many)
     _assert_same(alone, together, splits)
     assert not np.allclose(together[0].encode(splits[0], model="personal"),
                            unanchored[0].encode(splits[0], model="personal"), atol=1e-3)
 
 
-def test_personal_anchoring_refuses_prototypes_of_the_wrong_shape(data) -> None:  # noqa: ANN001
+def test_pfmh_step_anchors_the_personal_model_only_with_a_positive_weight(data) -> None:  # noqa: ANN001
+    splits = _splits(data)[:2]
+    globals_ = initial_prototypes(data.num_classes, CFG.bits, seed=0)
+    for weight, anchored in ((0.0, False), (0.3, True)):
+        cfg = dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=weight))
+        trainers = [SiteTrainer(cfg, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
+                                batch_seed=i) for i in range(2)]
+        assert (personal_anchors(trainers[0], data.num_classes) is not None) == anchored
+        results = train_pfmh_sites(trainers, splits, globals_)
+        assert all(("anchor" in losses) == anchored for _, losses in results)
+        _, alone = train_pfmh_site(trainers[0], splits[0], globals_)
+        assert ("anchor" in alone) == anchored
+
+
+def test_personal_anchoring_refuses_anchors_of_the_wrong_shape(data) -> None:  # noqa: ANN001
     from pfmh_model.errors import DataError
 
     cfg = dataclasses.replace(CFG, weights=dataclasses.replace(CFG.weights, personal_contrastive=1.0))
     trainer = SiteTrainer(cfg, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes)
     wrong = np.zeros((data.num_classes, cfg.bits + 1), np.float32)
-    with pytest.raises(DataError, match="global prototypes"):
-        trainer.train_personal(_splits(data)[0], global_prototypes=wrong)
-    with pytest.raises(DataError, match="global prototypes"):
-        train_personal_together([trainer], _splits(data)[:1], global_prototypes=wrong)
+    with pytest.raises(DataError, match="personal anchors"):
+        trainer.train_personal(_splits(data)[0], anchors=wrong)
+    with pytest.raises(DataError, match="personal anchors"):
+        train_personal_together([trainer], _splits(data)[:1], anchors=wrong)
