@@ -251,7 +251,7 @@ class ShardedSiteTrainer(SiteTrainer):
             self.command("train_shared", {k: v for k, v in kwargs.items() if k != "progress"})
         return super().train_shared(split, **kwargs)
 
-    # ----------------------------------------------------------------- the sharded epoch loop
+    # ----------------------------------------------------------------- the sharded batch forward
     def _batch_codes(self, model: HashNet, img: torch.Tensor, txt: torch.Tensor
                      ) -> Callable[[torch.Tensor], torch.Tensor]:
         """Each batch's forward split over the ranks, the codes of all its rows gathered (module docstring)."""
