@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from federation.config_files import site_document, write_toml
 from participant.cli import main
 from participant.distributed_site import launched_by_torchrun, rank_device
 from participant.site import SiteMismatch
@@ -26,24 +27,9 @@ BIN = Path(sys.executable).parent
 
 
 def _site_toml(tmp: Path, name: str, port: int) -> Path:
-    path = tmp / f"{name}.toml"
-    path.write_text(f"""site = "{name}"
-federation_id = "testfed"
-coordinator = "127.0.0.1:{port}"
-data = "data/{name}.h5"
-state_dir = "state/{name}"
-
-[tls]
-ca_cert = "pki/{name}/ca.crt"
-cert = "pki/{name}/tls.crt"
-key = "pki/{name}/tls.key"
-signing_key = "pki/{name}/signing.key"
-crl = "pki/ca/crl.pem"
-
-[privacy]
-require_dp = false
-""")
-    return path
+    return write_toml(tmp / f"{name}.toml", site_document(site=name, federation_id="testfed",
+                                                          coordinator=f"127.0.0.1:{port}", data=f"data/{name}.h5",
+                                                          privacy={"require_dp": False}))
 
 
 def test_torchrun_site_in_a_networked_round(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from federation.config_files import site_document, write_toml
 from participant.client import STOP_CHECK_S, CoordinatorClient, Stopped
 from proto import federation_pb2 as pb
 from tests.conftest import REPO_ROOT
@@ -31,25 +32,9 @@ def _free_port() -> int:
 
 
 def _site_toml(tmp: Path, port: int) -> Path:
-    toml = tmp / "site.toml"
-    toml.write_text(f"""site = "{SITE}"
-federation_id = "{FED}"
-coordinator = "127.0.0.1:{port}"
-data = "data/{SITE}.h5"
-state_dir = "state/{SITE}"
-[tls]
-ca_cert = "pki/{SITE}/ca.crt"
-cert = "pki/{SITE}/tls.crt"
-key = "pki/{SITE}/tls.key"
-signing_key = "pki/{SITE}/signing.key"
-crl = "pki/ca/crl.pem"
-[privacy]
-require_dp = false
-[retry]
-initial_s = 8.0
-max_s = 8.0
-""")
-    return toml
+    return write_toml(tmp / "site.toml", site_document(site=SITE, federation_id=FED, coordinator=f"127.0.0.1:{port}",
+                                                       data=f"data/{SITE}.h5", privacy={"require_dp": False},
+                                                       retry={"initial_s": 8.0, "max_s": 8.0}))
 
 
 def _read_until_long_backoff(proc: subprocess.Popen, timeout_s: float, min_sleep_s: float = 3.0) -> str:
