@@ -5,7 +5,9 @@ file, the given rounds and local epochs), or one fit of a numpy baseline (``ridg
 ``ridge-central``, ``lsh``: ``pfmh_model.baselines``) on the same partition, repeated over seeds
 (mean +- std). Each site holds out ``--val-fraction`` of its training records (for every method, the
 baselines included); deep methods report their validation mAP. A method spec is
-METHOD[:SHARE_MODE][@select] (``@select``: each site searches with its best-validation shared model).
+METHOD[:SHARE_MODE][@OPTION] (``@select``: each site searches with its best-validation shared model;
+``@aggregate``, ``@local``, ``@validated``: what pfmh with prototypes+model searches with,
+``pfmh_model.search_choice``).
 Deep cells are evaluated every 10 rounds too (``curve``: (round, per-site, global)), so round 10 vs
 round 20 is read off one run. Runs go to a process pool with one torch thread each. Results are
 appended to a JSON-lines file as they finish, so an interrupted sweep keeps what it did and
@@ -53,13 +55,17 @@ def _run_cell(cell: dict) -> dict:
     spec, _, option = cell["method"].partition("@")
     method, _, share_mode = spec.partition(":")
     select = option == "select"
+    from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel
+
+    search_model = SearchModel(option) if option in {m.value for m in SearchModel} else DEFAULT_SEARCH_MODEL
     from pfmh_model.trainer_factory import train_config
 
     epochs = {"personal_epochs": cell["epochs"], "shared_epochs": cell["epochs"]}
     train = train_config({**epochs, **(cell.get("train") or {}), "bits": cell["bits"], "seed": cell["seed"]})
     cfg = FederationConfig(method=Method(method), rounds=cell["rounds"], train=train,
                            eval_every=1 if select else min(10, cell["rounds"]), select_on_validation=select,
-                           share_mode=ShareMode(share_mode or ShareMode.PROTOTYPES_AND_MODEL))
+                           share_mode=ShareMode(share_mode or ShareMode.PROTOTYPES_AND_MODEL),
+                           search_model=search_model)
     result = Federation(sites, cfg, validation=validation if any(len(v) for v in validation) else None).run()
     last = result.rounds[-1]
     curve = [(r.round, r.mean_site_map, r.global_map, r.mean_val_map, r.current_maps) for r in result.rounds
@@ -138,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="NAME=PATH (HDF5) or NAME=synthetic:PRESET")
     p.add_argument("--methods", default="pfmh,pfmh:prototypes,fedavg,local,centralized,fedhap,ridge-local,"
                                         "ridge-central,lsh",
-                   help="comma-separated METHOD[:SHARE_MODE][@select] or a baseline (ridge-local, ridge-central, "
+                   help="comma-separated METHOD[:SHARE_MODE][@OPTION] or a baseline (ridge-local, ridge-central, "
                         "lsh); share mode prototypes or prototypes+model (the default, as in the paper) for pfmh "
-                        "and fedhap; @select: per-site selection of the search model on the validation slice")
+                        "and fedhap; @select: per-site selection of the search model's round on the validation "
+                        "slice; @aggregate, @local, @validated: the search model of pfmh with prototypes+model "
+                        "(pfmh_model/search_choice.py; default validated)")
     p.add_argument("--partition", nargs="+", default=[], metavar="NAME=FILE",
                    help="use this partition file (per-site row lists) for dataset NAME instead of Dirichlet "
                         "draws; its cells show alpha 'file'")
@@ -168,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         method, _, share_mode = body.partition(":")
         if spec in {"ridge-local", "ridge-central", "lsh"}:
             continue
-        if method not in {"pfmh", "fedavg", "local", "centralized", "fedhap"} or option not in {"", "select"} or \
+        if method not in {"pfmh", "fedavg", "local", "centralized", "fedhap"} or \
+                option not in {"", "select", "aggregate", "local", "validated"} or \
                 share_mode not in {"", "prototypes", "prototypes+model"}:
-            p.error(f"--methods: {spec!r} is not METHOD[:SHARE_MODE][@select] or a baseline")
+            p.error(f"--methods: {spec!r} is not METHOD[:SHARE_MODE][@OPTION] or a baseline")
     train = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.train)}
     cells = [{"dataset": name, "source": sources[name], "method": m, "bits": b, "train": train,
               "alpha": "file" if name in partitions else a, "seed": s, "rounds": args.rounds, "epochs": args.epochs,

@@ -48,6 +48,7 @@ from pfmh_model.local_round import (
     train_pfmh_sites,
 )
 from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode
+from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel, choose_search_model, prototype_ap
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
@@ -72,21 +73,34 @@ class FederationConfig:
     # round where its validation mAP was highest so far (training goes on from the current one;
     # uploads are unchanged). See ``Federation.__init__``.
     select_on_validation: bool = False
+    # pfmh with prototypes+model: which of a site's two shared models it searches with after a round, the
+    # aggregate or the one it trained locally (``pfmh_model.search_choice``). Ignored where the model is
+    # not shared: such a site has one shared model.
+    search_model: SearchModel = DEFAULT_SEARCH_MODEL
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
+        object.__setattr__(self, "search_model", SearchModel(self.search_model))
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.keeps_local_model and self.workers > 1:
+            raise ConfigError(f"search_model {self.search_model.value!r} keeps each site's locally trained model "
+                              "in one process: use workers=1, or search_model 'aggregate'")
 
     @property
     def shares_model(self) -> bool:
         if self.method is Method.FEDAVG:
             return True
         return self.method in (Method.PFMH, Method.FEDHAP) and self.share_mode is ShareMode.PROTOTYPES_AND_MODEL
+
+    @property
+    def keeps_local_model(self) -> bool:
+        """Whether a site may search with its locally trained shared model instead of the aggregate."""
+        return self.method is Method.PFMH and self.shares_model and self.search_model is not SearchModel.AGGREGATE
 
 
 @dataclass
@@ -108,6 +122,11 @@ class RoundRecord:
     # per-site and global mAP of the current shared models (what the run would score without selection).
     selected_round: list[int] | None = None
     current_maps: tuple[float, float] | None = None
+    # With FederationConfig.keeps_local_model: per site, "local" or "aggregate" (the shared model it
+    # searches with after this round), and with "validated" the two mean scores on its held-out records
+    # (``search_choice.prototype_ap``: local, aggregate).
+    search_models: list[str] | None = None
+    search_scores: list[tuple[float | None, float | None]] | None = None
 
 
 @dataclass
@@ -151,6 +170,10 @@ class Federation:
             raise ConfigError("select_on_validation validates every round: use eval_every=1")
         self.validation = validation
         self.best: list[tuple[float, int, dict] | None] = [None] * len(sites)
+        # Per site, the locally trained shared state it searches with instead of the aggregate (None: the
+        # aggregate), and this round's choice (``_choose_search_models``).
+        self.search_states: list[dict | None] = [None] * len(sites)
+        self.search_choice: tuple[list[str], list[tuple[float | None, float | None]] | None] | None = None
         self.config = config
         self.eval_sites = sites
         self.train_sites = [_pool(sites)] if config.method is Method.CENTRALIZED else sites
@@ -236,6 +259,10 @@ class Federation:
     def run_round(self) -> dict[str, float]:
         """Local training at every site, aggregation, broadcast. Returns mean losses."""
         uploads, all_losses = self.local_work()
+        # What each site trained this round, and the prototypes it trained towards, before the aggregate
+        # replaces it: a search candidate (FederationConfig.search_model).
+        local_states = [t.shared_state() for t in self.trainers] if self.config.keeps_local_model else None
+        round_prototypes = self.state.prototypes
         if self.config.method is not Method.LOCAL:
             total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
             aggregate = aggregator(self.config.method.value)
@@ -244,8 +271,32 @@ class Federation:
                 self.load_shared_model(self.state.shared_model)
         else:
             self.state = GlobalState(self.state.round + 1, None, None)
+        if local_states is not None:
+            self._choose_search_models(local_states, round_prototypes)
         keys = set().union(*all_losses)
         return {k: float(np.mean([d[k] for d in all_losses if k in d])) for k in sorted(keys)}
+
+    def _choose_search_models(self, local_states: list[dict], prototypes: np.ndarray) -> None:
+        """Each site's search model after the aggregate is loaded: its local state or None (the aggregate)."""
+        if self.config.search_model is SearchModel.LOCAL:
+            self.search_states = list(local_states)
+            self.search_choice = ([SearchModel.LOCAL.value] * len(local_states), None)
+            return
+        choices, scores = [], []
+        for k, (trainer, local) in enumerate(zip(self.trainers, local_states, strict=True)):
+            val = self.validation[k] if self.validation is not None else None
+            local_aps = aggregate_aps = np.zeros(0)
+            if val is not None and len(val):
+                aggregate = trainer.shared_state()
+                aggregate_aps = prototype_ap(_site_codes(trainer, val), val.labels, prototypes)
+                trainer.load_shared_state(local)
+                local_aps = prototype_ap(_site_codes(trainer, val), val.labels, prototypes)
+                trainer.load_shared_state(aggregate)
+            choice = choose_search_model(local_aps, aggregate_aps)
+            self.search_states[k] = local if choice is SearchModel.LOCAL else None
+            choices.append(choice.value)
+            scores.append((float(local_aps.mean()), float(aggregate_aps.mean())) if len(local_aps) else (None, None))
+        self.search_choice = (choices, scores)
 
     # ----------------------------------------------------------------------------- evaluation
     def _eval_trainer(self, k: int) -> SiteTrainer:
@@ -260,9 +311,10 @@ class Federation:
         for k, site in enumerate(self.eval_sites):
             trainer = self._eval_trainer(k)
             best = self.best[k] if selected else None
-            current = trainer.shared_state() if best is not None else None
-            if best is not None:
-                trainer.load_shared_state(best[2])
+            state = best[2] if best is not None else self.search_states[k]
+            current = trainer.shared_state() if state is not None else None
+            if state is not None:
+                trainer.load_shared_state(state)
             out.append((_site_codes(trainer, site.query), _site_codes(trainer, site.database)))
             if current is not None:
                 trainer.load_shared_state(current)
@@ -279,6 +331,10 @@ class Federation:
             if len(val) == 0 or len(site.train) == 0:
                 values.append(None)
                 continue
+            searching = self.search_states[k]  # the model the site searches with, if not the aggregate
+            current = trainer.shared_state() if searching is not None else None
+            if searching is not None:
+                trainer.load_shared_state(searching)
             value = mean_average_precision(_site_codes(trainer, val), _site_codes(trainer, site.train),
                                            val.labels, site.train.labels)
             values.append(None if np.isnan(value) else float(value))
@@ -287,6 +343,8 @@ class Federation:
                 score = -1.0 if values[-1] is None else values[-1]
                 if best is None or score >= best[0]:
                     self.best[k] = (score, self.state.round, trainer.shared_state())
+            if current is not None:
+                trainer.load_shared_state(current)
         return values
 
     def evaluate(self) -> tuple[list[float | None], float, float]:
@@ -330,8 +388,10 @@ class Federation:
                 site_map, mean_site, global_map = self.evaluate()
             else:
                 site_map, mean_site, global_map = [None] * len(self.eval_sites), float("nan"), None
+            chosen, scores = self.search_choice if self.search_choice is not None else (None, None)
             record = RoundRecord(r, site_map, mean_site, global_map, time.perf_counter() - start,
-                                 self.layout.length * 8, losses, val_map, mean_val, selected, current)
+                                 self.layout.length * 8, losses, val_map, mean_val, selected, current,
+                                 chosen, scores)
             records.append(record)
             if on_round is not None:
                 on_round(record)

@@ -42,6 +42,7 @@ from pfmh_model.partition import (
     save_partition,
 )
 from pfmh_model.plots import plot_run
+from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel
 from pfmh_model.synthetic import PRESETS, generate
 from pfmh_model.threads import DEFAULT_THREADS, set_threads
 from pfmh_model.training import TrainConfig
@@ -84,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the shared model's lr falls by this factor per round (default: %(default)s)")
     p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
                    help="what sites share besides prototype statistics (default: %(default)s, as the daemons)")
+    p.add_argument("--search-model", default=DEFAULT_SEARCH_MODEL.value, choices=[m.value for m in SearchModel],
+                   help="with --share-mode prototypes+model, what each site searches with after a round: the "
+                        "aggregate, the model it trained locally, or whichever ranks the class prototypes "
+                        "better for its held-out records (pfmh_model/search_choice.py; needs --val-fraction > 0 "
+                        "and --workers 1; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")
@@ -182,6 +188,7 @@ def run(args: argparse.Namespace) -> dict:
                      "alpha": None if args.partition else args.alpha, "seed": args.seed,
                      "partition": str(args.partition) if args.partition else None,
                      "val_fraction": args.val_fraction, "select_on_validation": args.select_on_validation,
+                     "search_model": args.search_model,
                      "train_config": _jsonable(dataclasses.asdict(train_cfg)), "methods": {}}
     curves, prs = {}, {}
     for method in methods:
@@ -198,7 +205,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = FederationConfig(method=method, rounds=args.rounds, share_mode=ShareMode(args.share_mode),
                                train=train_cfg, eval_every=1 if select else args.eval_every,
                                sites_together=not args.one_site_at_a_time, device=args.device,
-                               workers=workers, select_on_validation=select)
+                               workers=workers, select_on_validation=select,
+                               search_model=SearchModel(args.search_model))
         print(f"\n== {method.value}: {args.rounds} rounds, {args.bits} bits, "
               f"{train_cfg.personal_epochs}+{train_cfg.shared_epochs} local epochs")
         started = time.perf_counter()
@@ -212,6 +220,9 @@ def run(args: argparse.Namespace) -> dict:
                 f"\n           validation mean {_fmt(rec.mean_val_map)} | sites: " + \
                 " ".join(_fmt(m) for m in rec.val_site_map)
             chosen = "" if rec.selected_round is None else f" (selected rounds {rec.selected_round})"
+            if rec.search_models is not None:
+                chosen += f" (searching with: {rec.search_models.count('local')} local, " \
+                          f"{rec.search_models.count('aggregate')} aggregate)"
             print(f"round {rec.round:3d}/{args.rounds}  mean site mAP {_fmt(rec.mean_site_map)}  "
                   f"global mAP {_fmt(rec.global_map)}  upload {rec.upload_bytes_per_site:,} B/site  "
                   f"{rec.seconds:5.1f}s  | sites: {per_site}{chosen}{val}", flush=True)

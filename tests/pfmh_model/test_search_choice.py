@@ -1,0 +1,120 @@
+"""Which shared model a site searches with in prototypes+model mode (``pfmh_model.search_choice``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pfmh_model.errors import ConfigError, DataError
+from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
+from pfmh_model.partition import hold_out, partition_dataset
+from pfmh_model.search_choice import SearchModel, choose_search_model, prototype_ap
+from pfmh_model.synthetic import generate
+from pfmh_model.training import TrainConfig
+
+# lr 1e-2 and 2 epochs: at the default 1e-3 the tiny preset's codes hardly move in a round, so every candidate ties
+TRAIN = TrainConfig(bits=16, hidden=32, width=16, personal_epochs=2, shared_epochs=2, seed=2, shared_lr_decay=1.0,
+                    lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def split_sites():  # noqa: ANN201
+    torch.set_num_threads(1)
+    return hold_out(partition_dataset(generate("tiny", seed=4), num_sites=3, alpha=0.5, seed=4), 0.2, seed=0)
+
+
+def test_prototype_ap_ranks_the_prototypes_of_each_records_labels() -> None:
+    # Prepare: 3 classes with far-apart prototypes; record 0 is class 0's code, record 1 class 2's,
+    # record 2 has no label
+    protos = np.array([[1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -1, -1]], dtype=np.float32)
+    labels = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float32)
+    # Assert: exact codes rank their own prototype first (AP 1); swapped codes rank it last (AP 1/3);
+    # the unlabelled record is left out
+    np.testing.assert_allclose(prototype_ap(protos[[0, 2, 1]], labels, protos), [1.0, 1.0])
+    np.testing.assert_allclose(prototype_ap(protos[[2, 0, 1]], labels, protos), [1 / 3, 1 / 3])
+    assert prototype_ap(np.zeros((0, 4)), np.zeros((0, 3)), protos).shape == (0,)
+    with pytest.raises(DataError, match="do not agree"):
+        prototype_ap(protos, labels[:, :2], protos)
+
+
+def test_the_local_model_must_win_by_more_than_the_noise() -> None:
+    # A clear, consistent gain on 20 records: local
+    assert choose_search_model(np.full(20, 0.9), np.full(20, 0.5)) is SearchModel.LOCAL
+    # The same mean gain (+0.05) carried by two records of twenty: not significant, so the aggregate
+    noisy = np.r_[np.full(18, 0.5), 1.0, 1.0]
+    assert noisy.mean() - 0.5 == pytest.approx(0.05)
+    assert choose_search_model(noisy, np.full(20, 0.5)) is SearchModel.AGGREGATE
+    assert choose_search_model(noisy, np.full(20, 0.5), z=0.5) is SearchModel.LOCAL
+    # Ties, losses, and fewer than two records keep the aggregate
+    assert choose_search_model(np.full(5, 0.7), np.full(5, 0.7)) is SearchModel.AGGREGATE
+    assert choose_search_model(np.full(5, 0.6), np.full(5, 0.7)) is SearchModel.AGGREGATE
+    assert choose_search_model(np.array([1.0]), np.array([0.0])) is SearchModel.AGGREGATE
+    with pytest.raises(DataError, match="one pair per held-out record"):
+        choose_search_model(np.zeros(3), np.zeros(4))
+
+
+def _run(sites, validation, search_model: SearchModel, rounds: int = 3):  # noqa: ANN001, ANN202
+    cfg = FederationConfig(method=Method.PFMH, share_mode=ShareMode.PROTOTYPES_AND_MODEL, rounds=rounds, train=TRAIN,
+                           search_model=search_model)
+    federation = Federation(sites, cfg, validation=validation)
+    return federation, federation.run()
+
+
+def test_the_choice_changes_what_sites_search_with_not_what_they_train(split_sites) -> None:
+    # Prepare / Execute: one run per search model, same seeds
+    sites, validation = split_sites
+    runs = {m: _run(sites, validation, m) for m in SearchModel}
+    # Assert: training and uploads are the same (the aggregate is what trains on) ...
+    finals = {m: fed.trainers[0].shared_state() for m, (fed, _) in runs.items()}
+    for m in SearchModel:
+        for key, value in finals[m].items():
+            assert torch.equal(value, finals[SearchModel.AGGREGATE][key]), (m, key)
+    # ... while the local and validated runs search with other codes than the aggregate
+    maps = {m: [r.site_map for r in result.rounds] for m, (_, result) in runs.items()}
+    assert maps[SearchModel.LOCAL] != maps[SearchModel.AGGREGATE]
+    local, validated = runs[SearchModel.LOCAL][1].rounds[-1], runs[SearchModel.VALIDATED][1].rounds[-1]
+    assert local.search_models == ["local"] * 3
+    assert validated.search_models is not None and len(validated.search_scores) == 3
+    # and a validated site's per-site mAP is that of the candidate its scores picked
+    for k, choice in enumerate(validated.search_models):
+        twin = local if choice == "local" else runs[SearchModel.AGGREGATE][1].rounds[-1]
+        assert validated.site_map[k] == pytest.approx(twin.site_map[k], abs=1e-12)
+
+
+def test_validated_scores_are_each_candidates_prototype_ap(split_sites) -> None:
+    # Prepare: one round, then recompute both scores by hand from the kept states
+    sites, validation = split_sites
+    federation, result = _run(sites, validation, SearchModel.VALIDATED, rounds=1)
+    record = result.rounds[-1]
+    aggregate_run, _ = _run(sites, validation, SearchModel.AGGREGATE, rounds=1)
+    local_run, _ = _run(sites, validation, SearchModel.LOCAL, rounds=1)
+    round_prototypes = Federation(sites, FederationConfig(method=Method.PFMH, rounds=1, train=TRAIN,
+                                                          share_mode=ShareMode.PROTOTYPES_AND_MODEL)).state.prototypes
+    for k, val in enumerate(validation):
+        trainer = local_run.trainers[k]
+        trainer.load_shared_state(local_run.search_states[k])
+        local_aps = prototype_ap(trainer.encode(val, model="shared"), val.labels, round_prototypes)
+        aggregate_aps = prototype_ap(aggregate_run.trainers[k].encode(val, model="shared"), val.labels,
+                                     round_prototypes)
+        assert record.search_scores[k] == pytest.approx((local_aps.mean(), aggregate_aps.mean()), abs=1e-12)
+        assert record.search_models[k] == choose_search_model(local_aps, aggregate_aps).value
+
+
+def test_search_model_is_ignored_without_a_shared_model_and_refused_with_workers(split_sites) -> None:
+    sites, validation = split_sites
+    plain = FederationConfig(method=Method.PFMH, share_mode=ShareMode.PROTOTYPES, rounds=1, train=TRAIN,
+                             search_model=SearchModel.LOCAL)
+    assert not plain.keeps_local_model
+    assert Federation(sites, plain).run().rounds[-1].search_models is None
+    with pytest.raises(ConfigError, match="use workers=1"):
+        FederationConfig(method=Method.PFMH, share_mode=ShareMode.PROTOTYPES_AND_MODEL, workers=2,
+                         search_model=SearchModel.VALIDATED)
+    with pytest.raises(ValueError):
+        FederationConfig(search_model="best")
+
+
+def test_without_validation_slices_validated_searches_with_the_aggregate(split_sites) -> None:
+    sites, _ = split_sites
+    fed, result = _run(sites, None, SearchModel.VALIDATED, rounds=1)
+    assert result.rounds[-1].search_models == ["aggregate"] * 3
+    assert fed.search_states == [None] * 3
