@@ -32,7 +32,15 @@ from typing import Any
 
 from federation.secagg import secagg_config_for
 from pfmh_model.fedhap_config import FedHAPConfig
-from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode
+from pfmh_model.methods import (
+    DEFAULT_SEARCH_MODEL,
+    DEFAULT_SHARE_MODE,
+    DEFAULT_VALIDATION_FRACTION,
+    Method,
+    SearchModel,
+    ShareMode,
+    keeps_local_model,
+)
 from pfmh_model.train_config import TrainConfig
 from proto.settings import FieldError, SettingsError, build, coerce, to_plain
 from security.accountant import AccountantKind
@@ -178,6 +186,9 @@ class FederationSettings:
         image_dim, text_dim, num_classes: the data's shape; every site's data must match.
         method: ``pfmh``, ``fedavg`` or ``fedhap``.
         share_mode: ``prototypes`` or ``prototypes+model`` (default ``pfmh_model.methods.DEFAULT_SHARE_MODE``).
+        search_model: with pfmh and ``prototypes+model``, what a site searches with after a round:
+            ``aggregate``, ``local`` or ``validated`` (``pfmh_model.search_choice``).
+        validation_fraction: the share of its training records such a site holds out to decide it (0..0.5).
         rounds: federated rounds to run.
         min_sites: the fewest sites a round starts with (at most the enrolled sites).
         train: local training (``TrainConfig``'s fields).
@@ -191,6 +202,8 @@ class FederationSettings:
     num_classes: int
     method: Method = Method.PFMH
     share_mode: ShareMode = DEFAULT_SHARE_MODE
+    search_model: SearchModel = DEFAULT_SEARCH_MODEL
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     rounds: int = 5
     min_sites: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -206,6 +219,9 @@ class FederationSettings:
             raise FieldError("federation_id", f"{self.federation_id!r} must be a non-empty string")
         _at_least(self, 1, "image_dim", "text_dim", "num_classes", "rounds", "min_sites")
         _positive(self, "train_timeout_s", "phase_timeout_s")
+        fraction = self.validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 0.5:
+            raise FieldError("validation_fraction", f"{fraction!r} must be a number from 0 to 0.5")
         if self.method not in FEDERATED_METHODS:
             raise FieldError("method", f"{self.method.value!r} is not federated: choose "
                              f"{', '.join(m.value for m in FEDERATED_METHODS)}")
@@ -227,6 +243,11 @@ class FederationSettings:
     @property
     def shares_model(self) -> bool:
         return self.method is Method.FEDAVG or self.share_mode is ShareMode.PROTOTYPES_AND_MODEL
+
+    @property
+    def keeps_local_model(self) -> bool:
+        """A site may search with the shared model it trained locally (and holds out validation records)."""
+        return keeps_local_model(self.method, self.share_mode, self.search_model)
 
     @property
     def uses_dp_sgd(self) -> bool:

@@ -29,7 +29,7 @@ from federation.plan import FederationSettings
 from participant.config import SiteConfig
 from participant.distributed_dp_sgd import install_dp_sgd
 from participant.local_release import LocalRelease
-from participant.site import SiteDaemon, SiteMismatch
+from participant.site import SiteDaemon, SiteMismatch, split_validation
 from pfmh_model.data import load_h5
 from pfmh_model.distributed_training import ShardedSiteTrainer, broadcast_message, stop_followers
 from pfmh_model.trainer_factory import make_trainer
@@ -92,7 +92,8 @@ class DistributedSiteDaemon(SiteDaemon):
         if settings.method == "fedhap":
             raise SiteMismatch("the federation trains fedhap, which a site trains on one process only: run "
                                "pfmh-participant join without torchrun")
-        broadcast_message(self.group, ("settings", {"settings": (self.state_dir / "settings.json").read_text()}, None))
+        broadcast_message(self.group, ("settings", {"settings": (self.state_dir / "settings.json").read_text(),
+                                                    "site_index": self.site_index}, None))
         return settings
 
     def _setup(self, settings: FederationSettings) -> None:
@@ -118,7 +119,7 @@ def _follow(cfg: SiteConfig, base: Path, group: Any) -> int:  # noqa: ANN401
         return 0
     settings = FederationSettings.from_json(payload["settings"])
     torch.set_num_threads(cfg.threads)
-    data = load_h5(base / cfg.data)
+    data, _ = split_validation(load_h5(base / cfg.data), settings, payload["site_index"])  # rank 0's records
     trainer = ShardedSiteTrainer.adopt(_trainer(cfg, settings), data.train, group=group)
     calls = trainer.follow(install_dp_sgd(trainer))
     logger.info("rank %d of %s: released by rank 0 after mirroring %d training call(s)", trainer.rank, cfg.site,

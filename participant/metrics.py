@@ -18,6 +18,10 @@ class SiteMetrics:
                                       "1 once the site stopped uploading because its budget would be exceeded",
                                       registry=registry)
         self.map = Gauge("pfmh_site_map", "mAP of this site's queries against its own archive", registry=registry)
+        self.searches_with_local_model = Gauge(
+            "pfmh_site_searches_with_local_model",
+            "1 when the site searches with the shared model it trained locally, 0 with the aggregate "
+            "(pfmh with prototypes+model; pfmh_model.search_choice)", registry=registry)
         self.round_seconds = Gauge("pfmh_site_last_round_seconds", "Wall time of the last round at this site",
                                    registry=registry)
         for outcome in ("completed", "abandoned"):

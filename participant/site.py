@@ -31,9 +31,12 @@ from participant.local_release import LocalRelease, load_frozen_encoder
 from participant.metrics import SiteMetrics
 from participant.privacy import PROTOTYPE_MECHANISM, SitePrivacy
 from pfmh_model.atomic_file import atomic_path
-from pfmh_model.data import MultiModalDataset, load_h5
+from pfmh_model.data import MultiModalDataset, Split, load_h5
 from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.local_round import site_batch_seed
+from pfmh_model.methods import SearchModel
+from pfmh_model.partition import hold_out
+from pfmh_model.search_choice import site_search_choice
 from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
@@ -73,6 +76,18 @@ def round_moved_on(exc: CoordinatorError) -> bool:
     that has closed or a round that has ended; that costs it the round, not its membership.
     """
     return exc.code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED)
+
+
+def split_validation(data: MultiModalDataset, settings: FederationSettings,
+                     site_index: int) -> tuple[MultiModalDataset, Split | None]:
+    """The records a site trains on, and those it holds out to choose its search model where it chooses
+    (``search_model = "validated"`` with ``FederationSettings.keeps_local_model``); the rows the simulation
+    holds out for this site."""
+    chooses = settings.keeps_local_model and settings.search_model is SearchModel.VALIDATED
+    if not chooses or settings.validation_fraction == 0:
+        return data, None
+    kept, slices = hold_out([data], settings.validation_fraction, seed=settings.train.seed, site_indices=[site_index])
+    return kept[0], slices[0]
 
 
 class SiteDaemon:
@@ -136,6 +151,11 @@ class SiteDaemon:
     def _setup(self, settings: FederationSettings) -> None:
         self.settings = settings
         self.interruptible = True  # until the ledger opens
+        # held-out training records that decide the search model (None: none held out)
+        self.data, self.validation = split_validation(self.data, settings, self.site_index)
+        if self.validation is not None:
+            logger.info("%s holds out %d of its training records to choose its search model", self.cfg.site,
+                        len(self.validation))
         torch.set_num_threads(self.cfg.threads)
         self.trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
@@ -276,6 +296,7 @@ class SiteDaemon:
                                f"{self.layout.length}: the site and the coordinator build different models "
                                "(different software versions?)")
         self._apply_global(config.global_prototypes, config.shared_model)
+        round_prototypes = self.prototypes  # what this round trains towards
         releases = self.release.planned(len(self.data.train))
         try:
             self.privacy.check(releases, number)  # refuse before training, and before anything leaves
@@ -293,6 +314,7 @@ class SiteDaemon:
             vector = self._train(cohort_m)
         finally:
             self.interruptible = False
+        local_state = self.trainer.shared_state() if self.settings.keeps_local_model else None
 
         epsilons: list[float] = []  # the prototype release's charge, made just before the masked input leaves
 
@@ -310,6 +332,7 @@ class SiteDaemon:
         told = secagg_round.told
         self.privacy.record_sum(number, contributors=len(told.survivors) if told else 0, noise_cohort=cohort_m)
         self._apply_global(result.prototypes, result.model)
+        searching = self._choose_search_model(local_state, round_prototypes) if local_state is not None else ""
         self.completed_rounds += 1
         map_value = self.evaluate()
         self._report(number, map_value)
@@ -320,7 +343,20 @@ class SiteDaemon:
             self.metrics.map.set(map_value)
         self.on_round(RoundReport(number, True, map_value, epsilon, self.bytes["sent"] - sent0,
                                   self.bytes["received"] - received0, time.perf_counter() - started,
-                                  f"{len(result.survivors)} survivors"))
+                                  f"{len(result.survivors)} survivors{searching}"))
+
+    def _choose_search_model(self, local_state: dict, prototypes: np.ndarray) -> str:
+        """Keep the aggregate or load this round's locally trained model for searching (the next round's offer
+        brings the aggregate back for training). Returns a note for the round report."""
+        if self.settings.search_model is SearchModel.LOCAL:
+            choice, note = SearchModel.LOCAL, ""
+        else:
+            choice, local, aggregate = site_search_choice(self.trainer, local_state, self.validation, prototypes)
+            note = "" if local is None else f", prototype AP {local:.3f} local vs {aggregate:.3f} aggregate"
+        if choice is SearchModel.LOCAL:
+            self.trainer.load_shared_state(local_state)
+        self.metrics.searches_with_local_model.set(int(choice is SearchModel.LOCAL))
+        return f"; searching with the {choice.value} model{note}"
 
     # ------------------------------------------------------------------ evaluation, reports, index
     def evaluate(self) -> float | None:

@@ -47,8 +47,8 @@ from pfmh_model.local_round import (
     train_pfmh_site,
     train_pfmh_sites,
 )
-from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode
-from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel, choose_search_model, prototype_ap
+from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode, keeps_local_model
+from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel, site_search_choice
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
@@ -100,7 +100,7 @@ class FederationConfig:
     @property
     def keeps_local_model(self) -> bool:
         """Whether a site may search with its locally trained shared model instead of the aggregate."""
-        return self.method is Method.PFMH and self.shares_model and self.search_model is not SearchModel.AGGREGATE
+        return keeps_local_model(self.method, self.share_mode, self.search_model)
 
 
 @dataclass
@@ -285,17 +285,10 @@ class Federation:
         choices, scores = [], []
         for k, (trainer, local) in enumerate(zip(self.trainers, local_states, strict=True)):
             val = self.validation[k] if self.validation is not None else None
-            local_aps = aggregate_aps = np.zeros(0)
-            if val is not None and len(val):
-                aggregate = trainer.shared_state()
-                aggregate_aps = prototype_ap(_site_codes(trainer, val), val.labels, prototypes)
-                trainer.load_shared_state(local)
-                local_aps = prototype_ap(_site_codes(trainer, val), val.labels, prototypes)
-                trainer.load_shared_state(aggregate)
-            choice = choose_search_model(local_aps, aggregate_aps)
+            choice, local_score, aggregate_score = site_search_choice(trainer, local, val, prototypes)
             self.search_states[k] = local if choice is SearchModel.LOCAL else None
             choices.append(choice.value)
-            scores.append((float(local_aps.mean()), float(aggregate_aps.mean())) if len(local_aps) else (None, None))
+            scores.append((local_score, aggregate_score))
         self.search_choice = (choices, scores)
 
     # ----------------------------------------------------------------------------- evaluation

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["DEFAULT_SHARE_MODE", "Method", "ShareMode"]
+__all__ = ["DEFAULT_SEARCH_MODEL", "DEFAULT_SHARE_MODE", "DEFAULT_VALIDATION_FRACTION", "Method", "SearchModel",
+           "ShareMode", "keeps_local_model"]
 
 
 class Method(enum.StrEnum):
@@ -22,3 +23,26 @@ class ShareMode(enum.StrEnum):
 
 # The one default both the daemons and the simulation use (issue #14 picks it by measurement).
 DEFAULT_SHARE_MODE = ShareMode.PROTOTYPES
+
+
+class SearchModel(enum.StrEnum):
+    """What a pfmh site searches with when the shared model is federated (``pfmh_model.search_choice``)."""
+
+    AGGREGATE = "aggregate"  # the round's aggregated model (as in the paper)
+    LOCAL = "local"  # the model the site trained this round, before aggregation
+    VALIDATED = "validated"  # the local one only where it is clearly better on the site's held-out records
+
+
+# The one default of the simulation and the site daemon.
+DEFAULT_SEARCH_MODEL = SearchModel.VALIDATED
+# The fraction of its training records a site holds out: the simulation validates every method on it;
+# a site daemon holds it out only where it decides its search model (``keeps_local_model``).
+DEFAULT_VALIDATION_FRACTION = 0.1
+
+
+def keeps_local_model(method: Method, share_mode: ShareMode, search_model: SearchModel) -> bool:
+    """Whether a site may search with its locally trained shared model instead of the aggregate: pfmh with
+    its model federated and a search model other than the aggregate (FedAvg and FedHAP search with the
+    aggregate, as in their papers; with prototype sharing a site has one shared model)."""
+    return method is Method.PFMH and share_mode is ShareMode.PROTOTYPES_AND_MODEL and \
+        search_model is not SearchModel.AGGREGATE

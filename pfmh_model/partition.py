@@ -205,12 +205,14 @@ def load_partition(path: str | os.PathLike[str]) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def hold_out(sites: Sequence[MultiModalDataset], fraction: float, *,
-             seed: int) -> tuple[list[MultiModalDataset], list[Split]]:
+def hold_out(sites: Sequence[MultiModalDataset], fraction: float, *, seed: int,
+             site_indices: Sequence[int] | None = None) -> tuple[list[MultiModalDataset], list[Split]]:
     """Move a random ``fraction`` of each site's training records into a validation slice.
 
     A site with n training records keeps round(fraction * n) of them aside, at least 2 when
     fraction > 0 (and at least 2 for training). Fraction 0 holds nothing out (empty slices).
+    The draw depends on the seed and the site's place in the federation (``site_indices``, by default
+    its place in ``sites``), so a site daemon holds out the rows the simulation would.
 
     Returns:
         (the sites with the rest as their training records, the validation slice of each site).
@@ -221,7 +223,8 @@ def hold_out(sites: Sequence[MultiModalDataset], fraction: float, *,
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 0.5:
         raise ConfigError(f"validation fraction = {fraction!r} must be between 0 and 0.5")
     kept, slices = [], []
-    for k, site in enumerate(sites):
+    indices = range(len(sites)) if site_indices is None else site_indices
+    for k, site in zip(indices, sites, strict=True):
         n = len(site.train)
         size = 0 if fraction == 0 else min(max(2, round(fraction * n)), max(n - 2, 0))
         order = np.random.default_rng([seed, k, 0xA11]).permutation(n)

@@ -13,8 +13,9 @@ a site searches with"):
   the site's own classes (0.798 / 0.529 against 0.824 / 0.742).
 
 So with ``SearchModel.VALIDATED`` each site measures both on records it held out of training and keeps
-the local one for its searches only when it is clearly better (``choose_search_model``). Training goes on from the aggregate either way
-and nothing uploaded changes: this is a site-local choice of what encodes its archive.
+the local one for its searches only when it is clearly better (``choose_search_model``). Training goes on
+from the aggregate either way and nothing uploaded changes: this is a site-local choice of what encodes
+its archive.
 
 The score (``prototype_ap``) ranks the class prototypes both candidates were trained towards, not the
 site's training records: a model trained on those records maps them nearer to its class centres than
@@ -24,26 +25,20 @@ better; with the prototypes at 1 of 10).
 """
 from __future__ import annotations
 
-import enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pfmh_model.errors import DataError
 from pfmh_model.evaluation import mean_average_precision
+from pfmh_model.methods import DEFAULT_SEARCH_MODEL, SearchModel
 
-__all__ = ["DEFAULT_SEARCH_MODEL", "LOCAL_WINS_Z", "SearchModel", "choose_search_model", "prototype_ap"]
+if TYPE_CHECKING:
+    from pfmh_model.data import Split
+    from pfmh_model.training import SiteTrainer
 
-
-class SearchModel(enum.StrEnum):
-    """What a site searches with in ``prototypes+model`` mode (other modes have one shared model)."""
-
-    AGGREGATE = "aggregate"  # the round's aggregated model (as in the paper)
-    LOCAL = "local"  # the model the site trained this round, before aggregation
-    VALIDATED = "validated"  # whichever of the two scores higher on the site's held-out records
-
-
-# The one default of the simulation and the site daemon.
-DEFAULT_SEARCH_MODEL = SearchModel.VALIDATED
+__all__ = ["DEFAULT_SEARCH_MODEL", "LOCAL_WINS_Z", "SearchModel", "choose_search_model", "prototype_ap",
+           "site_search_choice"]
 
 
 # One-sided 5 % level of the paired test in ``choose_search_model``: the local model must beat the aggregate
@@ -91,3 +86,30 @@ def choose_search_model(local: np.ndarray, aggregate: np.ndarray, *, z: float = 
     mean = float(diff.mean())
     se = float(diff.std(ddof=1)) / np.sqrt(len(diff))
     return SearchModel.LOCAL if mean > 0 and mean > z * se else SearchModel.AGGREGATE
+
+
+def site_search_choice(trainer: SiteTrainer, local_state: dict, validation: Split | None,
+                       prototypes: np.ndarray) -> tuple[SearchModel, float | None, float | None]:
+    """One site's choice after a round, its trainer holding the new aggregate and ``local_state`` what it trained.
+
+    The trainer is left holding the aggregate; the caller loads ``local_state`` for searching if LOCAL is
+    returned. Both the simulation and the site daemon call this.
+
+    Args:
+        prototypes: (C, b) the class prototypes both candidates were trained towards this round.
+
+    Returns:
+        The choice and the two mean prototype APs on the held-out records (None without any).
+    """
+    if validation is None or len(validation) == 0:
+        return SearchModel.AGGREGATE, None, None
+    aggregate = trainer.shared_state()
+    aggregate_aps = prototype_ap(trainer.encode(validation, model="shared"), validation.labels, prototypes)
+    trainer.load_shared_state(local_state)
+    try:
+        local_aps = prototype_ap(trainer.encode(validation, model="shared"), validation.labels, prototypes)
+    finally:
+        trainer.load_shared_state(aggregate)
+    if len(local_aps) == 0:
+        return SearchModel.AGGREGATE, None, None
+    return choose_search_model(local_aps, aggregate_aps), float(local_aps.mean()), float(aggregate_aps.mean())
