@@ -32,6 +32,7 @@ from participant.local_release import LocalRelease
 from participant.site import SiteDaemon, SiteMismatch, split_validation
 from pfmh_model.data import load_h5
 from pfmh_model.distributed_training import ShardedSiteTrainer, broadcast_message, stop_followers
+from pfmh_model.methods import shared_lr_is_constant
 from pfmh_model.trainer_factory import make_trainer
 
 __all__ = ["DistributedSiteDaemon", "launched_by_torchrun", "start_ranks"]
@@ -66,9 +67,11 @@ def rank_device(device: str) -> tuple[str, str]:
 def _trainer(cfg: SiteConfig, settings: FederationSettings) -> Any:  # noqa: ANN401
     """A follower's trainer: the architecture ``SiteDaemon._setup`` builds. Its weights, optimiser state and
     generator (batch seed) do not matter: every training call brings rank 0's."""
-    return make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
-                        num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
-                        method=settings.method, fedhap=settings.fedhap, device=cfg.device)
+    trainer = make_trainer(settings.train, image_dim=settings.image_dim, text_dim=settings.text_dim,
+                           num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
+                           method=settings.method, fedhap=settings.fedhap, device=cfg.device)
+    trainer.constant_shared_lr = shared_lr_is_constant(settings.method, settings.share_mode)
+    return trainer
 
 
 class DistributedSiteDaemon(SiteDaemon):

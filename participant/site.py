@@ -34,7 +34,7 @@ from pfmh_model.atomic_file import atomic_path
 from pfmh_model.data import MultiModalDataset, Split, load_h5
 from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.local_round import site_batch_seed
-from pfmh_model.methods import SearchModel
+from pfmh_model.methods import SearchModel, shared_lr_is_constant
 from pfmh_model.partition import hold_out
 from pfmh_model.search_choice import site_search_choice
 from pfmh_model.server_step import initial_prototypes
@@ -161,6 +161,7 @@ class SiteDaemon:
                                     num_classes=settings.num_classes, **LocalRelease.dp_models(settings),
                                     batch_seed=site_batch_seed(settings.train.seed, self.site_index),
                                     method=settings.method, fedhap=settings.fedhap, device=self.cfg.device)
+        self.trainer.constant_shared_lr = shared_lr_is_constant(settings.method, settings.share_mode)
         frozen = self.cfg.privacy.frozen_encoder
         self.frozen_encoder = load_frozen_encoder(  # before any training or restore: the common initial weights
             self.trainer.personal, self.base / frozen if frozen else None, settings.privacy.frozen_encoder_sha256

@@ -47,7 +47,7 @@ from pfmh_model.local_round import (
     train_pfmh_site,
     train_pfmh_sites,
 )
-from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode, keeps_local_model
+from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode, keeps_local_model, shared_lr_is_constant
 from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel, site_search_choice
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
@@ -196,6 +196,8 @@ class Federation:
                         batch_seed=site_batch_seed(config.train.seed, k), device=config.device, **extra)
             for k in indices
         ]
+        for trainer in self.trainers:
+            trainer.constant_shared_lr = shared_lr_is_constant(config.method, config.share_mode)
         centres = initial_prototypes(self.num_classes, bits, seed=config.train.seed, method=config.method.value)
         model_size = flatten_state(self.trainers[0].shared_state()).size if config.shares_model else 0
         uses_protos = config.method in (Method.PFMH, Method.CENTRALIZED, Method.FEDHAP)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 __all__ = ["DEFAULT_SEARCH_MODEL", "DEFAULT_SHARE_MODE", "DEFAULT_VALIDATION_FRACTION", "Method", "SearchModel",
-           "ShareMode", "keeps_local_model"]
+           "ShareMode", "keeps_local_model", "shared_lr_is_constant"]
 
 
 class Method(enum.StrEnum):
@@ -46,3 +46,12 @@ def keeps_local_model(method: Method, share_mode: ShareMode, search_model: Searc
     aggregate, as in their papers; with prototype sharing a site has one shared model)."""
     return method is Method.PFMH and share_mode is ShareMode.PROTOTYPES_AND_MODEL and \
         search_model is not SearchModel.AGGREGATE
+
+
+def shared_lr_is_constant(method: Method, share_mode: ShareMode) -> bool:
+    """Whether a site trains its shared model at a constant rate whatever ``TrainConfig.shared_lr_decay`` says:
+    pfmh with its shared model federated. Decay there shrank each round's local step until the model a site
+    trained was the aggregate again (nothing left to choose by ``search_model``), and the aggregate itself
+    searched worse (Wiki alpha 10, seed 0, round 20: 0.635 / 0.622 per-site / global with decay 0.8, 0.700 /
+    0.692 constant; docs/BENCHMARKS.md)."""
+    return method is Method.PFMH and share_mode is ShareMode.PROTOTYPES_AND_MODEL

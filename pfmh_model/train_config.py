@@ -80,8 +80,9 @@ class TrainConfig:
     # lr * shared_lr_decay ** r (``SiteTrainer.start_shared_round``); 1 keeps it constant. Only the shared
     # model: the personal model, whose codes make the uploaded statistics, is not affected, so under DP
     # with prototype sharing it changes nothing that is uploaded. It applies where the shared model is
-    # trained by ``train_shared`` or the batched path (PFMH, FedAvg, local); FedHAP's own loop and DP-SGD of
-    # a federated shared model keep a constant rate. 0.8 (issue #14): with a constant rate
+    # trained by ``train_shared`` or the batched path (PFMH, FedAvg, local); FedHAP's own loop, DP-SGD of
+    # a federated shared model and PFMH's federated shared model (``methods.shared_lr_is_constant``) keep a
+    # constant rate. 0.8 (issue #14): with a constant rate
     # the per-site mAP on Wiki's reference partition fell from 0.806 at round 10 to 0.797 at round 20 and
     # peaked in the first rounds; with 0.8 it is flat from round 10 on (docs/BENCHMARKS.md).
     shared_lr_decay: float = 0.8

@@ -117,6 +117,9 @@ class SiteTrainer:
         self.personal_opt = torch.optim.Adam(self.personal.parameters(), lr=config.lr,
                                              weight_decay=config.weight_decay, fused=True)
         self.round = 0
+        # Set by whoever knows the federation (``methods.shared_lr_is_constant``): the shared model then
+        # trains at ``lr`` every round, whatever ``shared_lr_decay`` says.
+        self.constant_shared_lr = False
 
     # ----------------------------------------------------------------- data plumbing
     def _tensors(self, split: Records) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,12 +200,14 @@ class SiteTrainer:
         """Set the shared model's learning rate for its next round of training and count that round.
 
         Round r (0-based, counted in the optimiser's state, so snapshots keep it) trains at
-        ``lr * shared_lr_decay ** r``. ``train_shared`` calls it; code that trains the shared model by
-        other means (``site_batch``) calls it once per round first. Returns the rate set.
+        ``lr * shared_lr_decay ** r`` (``lr`` with ``constant_shared_lr``). ``train_shared`` calls it; code
+        that trains the shared model by other means (``site_batch``) calls it once per round first. Returns
+        the rate set.
         """
         group = self.shared_opt.param_groups[0]
         done = int(group.get("shared_rounds", 0))
-        group["lr"] = self.config.lr * self.config.shared_lr_decay ** done
+        decay = 1.0 if self.constant_shared_lr else self.config.shared_lr_decay
+        group["lr"] = self.config.lr * decay ** done
         group["shared_rounds"] = done + 1
         return float(group["lr"])
 

@@ -37,6 +37,9 @@ def test_a_site_searches_with_the_model_its_federation_names(tmp_path: Path, sea
     for name, daemon, part in zip(SITES, daemons, parts, strict=True):
         last = reports[name][-1]
         assert last.completed
+        # a federated pfmh shared model trains at a constant rate (methods.shared_lr_is_constant)
+        assert daemon.trainer.constant_shared_lr
+        assert daemon.trainer.shared_opt.param_groups[0]["lr"] == pytest.approx(TRAIN["lr"])
         searched = flatten_state(load_site_model(tmp_path / "state" / name).trainer.shared_state())
         is_aggregate = bool(np.allclose(searched, aggregate, atol=1e-6))
         if search_model == "aggregate":

@@ -181,6 +181,21 @@ def test_shared_lr_decays_once_per_round_on_both_training_paths(sites, method: M
         assert group["shared_rounds"] == 3 and group["lr"] == pytest.approx(TRAIN.lr * 0.25)
 
 
+@pytest.mark.parametrize("together", [False, True])
+def test_a_federated_pfmh_shared_model_trains_at_a_constant_rate(sites, together: bool) -> None:
+    # Prepare: decay asked for, but the shared model is federated (methods.shared_lr_is_constant)
+    cfg = FederationConfig(method=Method.PFMH, share_mode=ShareMode.PROTOTYPES_AND_MODEL, rounds=3,
+                           sites_together=together, train=dataclasses.replace(TRAIN, shared_lr_decay=0.5))
+    federation = Federation(sites, cfg)
+    # Execute
+    federation.run()
+    # Assert: three rounds counted, each at the full rate
+    for trainer in federation.trainers:
+        group = trainer.shared_opt.param_groups[0]
+        assert trainer.constant_shared_lr
+        assert group["shared_rounds"] == 3 and group["lr"] == pytest.approx(TRAIN.lr)
+
+
 def test_shared_lr_round_count_survives_a_snapshot(tmp_path: Path, sites) -> None:
     # Prepare: a trainer that trained its shared model twice
     cfg = dataclasses.replace(TRAIN, shared_lr_decay=0.5)
