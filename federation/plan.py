@@ -40,6 +40,7 @@ from pfmh_model.methods import (
     SearchModel,
     ShareMode,
     keeps_local_model,
+    resolve_share_mode,
 )
 from pfmh_model.train_config import TrainConfig
 from proto.settings import FieldError, SettingsError, build, coerce, to_plain
@@ -185,7 +186,9 @@ class FederationSettings:
         federation_id: the federation's name (bound into every key derivation and signature).
         image_dim, text_dim, num_classes: the data's shape; every site's data must match.
         method: ``pfmh``, ``fedavg`` or ``fedhap``.
-        share_mode: ``prototypes`` or ``prototypes+model`` (default ``pfmh_model.methods.DEFAULT_SHARE_MODE``).
+        share_mode: ``prototypes``, ``prototypes+model`` or ``auto`` (the default,
+            ``pfmh_model.methods.DEFAULT_SHARE_MODE``), which is replaced here by the mode it stands for
+            (``methods.resolve_share_mode``: prototypes+model for pfmh without DP, else prototypes).
         search_model: with pfmh and ``prototypes+model``, what a site searches with after a round:
             ``aggregate``, ``local`` or ``validated`` (``pfmh_model.search_choice``).
         validation_fraction: the share of its training records such a site holds out to decide it (0..0.5).
@@ -215,6 +218,8 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
+        object.__setattr__(self, "share_mode", resolve_share_mode(
+            self.share_mode, method=self.method, dp=self.privacy.mode is not DPMode.OFF))
         if not isinstance(self.federation_id, str) or not self.federation_id:
             raise FieldError("federation_id", f"{self.federation_id!r} must be a non-empty string")
         _at_least(self, 1, "image_dim", "text_dim", "num_classes", "rounds", "min_sites")

@@ -47,7 +47,14 @@ from pfmh_model.local_round import (
     train_pfmh_site,
     train_pfmh_sites,
 )
-from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode, keeps_local_model, shared_lr_is_constant
+from pfmh_model.methods import (
+    DEFAULT_SHARE_MODE,
+    Method,
+    ShareMode,
+    keeps_local_model,
+    resolve_share_mode,
+    shared_lr_is_constant,
+)
 from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel, site_search_choice
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
@@ -81,6 +88,9 @@ class FederationConfig:
     def __post_init__(self) -> None:
         check_device_spec(self.device)
         object.__setattr__(self, "search_model", SearchModel(self.search_model))
+        # The in-process federation has no DP (bench/bench_dp_utility.py runs the daemon's DP round itself).
+        object.__setattr__(self, "share_mode", resolve_share_mode(ShareMode(self.share_mode), method=self.method,
+                                                                  dp=False))
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.rounds < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 __all__ = ["DEFAULT_SEARCH_MODEL", "DEFAULT_SHARE_MODE", "DEFAULT_VALIDATION_FRACTION", "Method", "SearchModel",
-           "ShareMode", "keeps_local_model", "shared_lr_is_constant"]
+           "ShareMode", "keeps_local_model", "resolve_share_mode", "shared_lr_is_constant"]
 
 
 class Method(enum.StrEnum):
@@ -19,10 +19,29 @@ class Method(enum.StrEnum):
 class ShareMode(enum.StrEnum):
     PROTOTYPES = "prototypes"
     PROTOTYPES_AND_MODEL = "prototypes+model"
+    # A plan value, replaced when the plan is loaded (``resolve_share_mode``): nothing downstream sees it.
+    AUTO = "auto"
+
+
+def resolve_share_mode(mode: ShareMode, *, method: Method, dp: bool) -> ShareMode:
+    """The share mode a plan's ``auto`` stands for; other modes are returned as given.
+
+    pfmh without DP: ``prototypes+model``, with each site choosing its search model (``search_choice``): it
+    was level with or above FedAvg, local-only and prototype sharing on Wiki at Dirichlet alpha 0.1, 0.5
+    and 10 (docs/BENCHMARKS.md, "Which shared model a site searches with"). pfmh with DP: ``prototypes``,
+    whose searched model never leaves the site and so trains on the full loss without DP-SGD (paper mode
+    under DP: per-site 0.63-0.67 and global 0.19-0.25, against 0.83-0.85 and 0.71-0.75; "Privacy-utility
+    curve"). fedhap: ``prototypes``, as before.
+    """
+    if mode is not ShareMode.AUTO:
+        return mode
+    if method is Method.PFMH and not dp:
+        return ShareMode.PROTOTYPES_AND_MODEL
+    return ShareMode.PROTOTYPES
 
 
 # The one default both the daemons and the simulation use (issue #14 picks it by measurement).
-DEFAULT_SHARE_MODE = ShareMode.PROTOTYPES
+DEFAULT_SHARE_MODE = ShareMode.AUTO
 
 
 class SearchModel(enum.StrEnum):

@@ -77,9 +77,23 @@ def test_plan_round_trips_toml_json_plan(tmp_path: Path) -> None:
     assert json.loads(plan.to_json())["train"]["weights"]["similarity"] == 0.5
 
 
-def test_default_share_mode_is_the_library_default() -> None:
-    plan = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2)
-    assert plan.share_mode is DEFAULT_SHARE_MODE
+def test_default_share_mode_is_resolved_when_the_plan_is_loaded() -> None:
+    # The library default, auto, is replaced by the mode it stands for (methods.resolve_share_mode) ...
+    assert DEFAULT_SHARE_MODE is ShareMode.AUTO
+    dp_on = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2)
+    dp_off = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2,
+                                privacy=PrivacySettings(mode="off"))
+    fedhap = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2, method="fedhap",
+                                privacy=PrivacySettings(mode="off"))
+    assert dp_on.share_mode is ShareMode.PROTOTYPES and not dp_on.keeps_local_model
+    assert dp_off.share_mode is ShareMode.PROTOTYPES_AND_MODEL and dp_off.keeps_local_model
+    assert fedhap.share_mode is ShareMode.PROTOTYPES
+    # ... so the sites receive a concrete mode, and an explicit one is kept
+    assert json.loads(dp_off.to_json())["share_mode"] == "prototypes+model"
+    assert FederationSettings.from_json(dp_off.to_json()) == dp_off
+    kept = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2, share_mode="prototypes",
+                              privacy=PrivacySettings(mode="off"))
+    assert kept.share_mode is ShareMode.PROTOTYPES
 
 
 def test_protocol_3_document_with_partial_tables_still_parses() -> None:

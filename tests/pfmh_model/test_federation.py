@@ -170,7 +170,7 @@ def test_simulate_runs_a_saved_partition_and_the_baselines(tmp_path: Path) -> No
 @pytest.mark.parametrize("method", [Method.PFMH, Method.FEDAVG])
 def test_shared_lr_decays_once_per_round_on_both_training_paths(sites, method: Method, together: bool) -> None:
     # Prepare
-    cfg = FederationConfig(method=method, rounds=3, sites_together=together,
+    cfg = FederationConfig(method=method, rounds=3, sites_together=together, share_mode=ShareMode.PROTOTYPES,
                            train=dataclasses.replace(TRAIN, shared_lr_decay=0.5))
     federation = Federation(sites, cfg)
     # Execute
