@@ -97,9 +97,6 @@ class FederationConfig:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.keeps_local_model and self.workers > 1:
-            raise ConfigError(f"search_model {self.search_model.value!r} keeps each site's locally trained model "
-                              "in one process: use workers=1, or search_model 'aggregate'")
 
     @property
     def shares_model(self) -> bool:
@@ -170,8 +167,6 @@ class Federation:
             raise ConfigError("a federation needs at least one site")
         if validation is not None and len(validation) != len(sites):
             raise ConfigError(f"{len(validation)} validation slices for {len(sites)} sites; give one per site")
-        if validation is not None and config.workers > 1:
-            raise ConfigError("per-round validation runs in one process: use workers=1 with validation slices")
         if config.select_on_validation and validation is None:
             raise ConfigError("select_on_validation needs validation slices (a held-out fraction > 0)")
         if config.select_on_validation and config.method is Method.CENTRALIZED:
@@ -184,6 +179,10 @@ class Federation:
         # aggregate), and this round's choice (``_choose_search_models``).
         self.search_states: list[dict | None] = [None] * len(sites)
         self.search_choice: tuple[list[str], list[tuple[float | None, float | None]] | None] | None = None
+        # This round's locally trained shared states and the prototypes they trained towards, kept by
+        # ``local_work`` until ``load_shared_model`` brings the aggregate (FederationConfig.keeps_local_model).
+        self._candidates: tuple[list[dict], np.ndarray] | None = None
+        self._worker_best_rounds: list[int | None] = [None] * len(sites)
         self.config = config
         self.eval_sites = sites
         self.train_sites = [_pool(sites)] if config.method is Method.CENTRALIZED else sites
@@ -198,7 +197,7 @@ class Federation:
         indices = list(range(len(self.train_sites))) if site_indices is None else site_indices
         self.workers = None
         if config.workers > 1 and len(self.train_sites) > 1:
-            self.workers = SiteWorkers(sites, config, config.workers)
+            self.workers = SiteWorkers(sites, config, config.workers, validation=validation)
             indices = indices[:1]  # one trainer here, for the upload layout only
         self.trainers = [
             trainer_cls(config.train, image_dim=first.image_dim, text_dim=first.text_dim,
@@ -247,21 +246,38 @@ class Federation:
         if self.workers is not None:
             return self.workers.local_work(self.state)
         if self.config.sites_together and self.config.method is not Method.FEDHAP:
-            return self._local_updates_together()
-        uploads, all_losses = [], []
-        for trainer, data in zip(self.trainers, self.train_sites, strict=True):
-            upload, losses = self._local_update(trainer, data)
-            uploads.append(upload.to_vector(self.layout))
-            all_losses.append(losses)
+            uploads, all_losses = self._local_updates_together()
+        else:
+            uploads, all_losses = [], []
+            for trainer, data in zip(self.trainers, self.train_sites, strict=True):
+                upload, losses = self._local_update(trainer, data)
+                uploads.append(upload.to_vector(self.layout))
+                all_losses.append(losses)
+        if self.config.keeps_local_model:  # a search candidate, before the aggregate replaces it
+            self._candidates = ([t.shared_state() for t in self.trainers], self.state.prototypes)
         return uploads, all_losses
 
     def load_shared_model(self, vector: np.ndarray) -> None:
-        """Every site takes the aggregated shared model (flat vector, ``flatten_state`` order)."""
+        """Every site takes the aggregated shared model (flat vector, ``flatten_state`` order), then, where
+        it has the choice, picks its search model (``FederationConfig.search_model``)."""
         if self.workers is not None:
-            self.workers.load_shared_model(vector)
+            self.search_choice = self.workers.load_shared_model(vector)
             return
         for trainer in self.trainers:
             trainer.load_shared_state(unflatten_state(vector, trainer.shared_state()))
+        if self._candidates is not None:
+            self._choose_search_models(*self._candidates)
+            self._candidates = None
+
+    def best_rounds(self) -> list[int | None]:
+        """With ``select_on_validation``: each site's best validation round so far (None before one)."""
+        if self.workers is not None:
+            return list(self._worker_best_rounds)
+        return [b[1] if b is not None else None for b in self.best]
+
+    def round_search_choice(self) -> tuple[list[str], list] | None:
+        """This round's search-model choice per site (what a worker reports after ``load_shared_model``)."""
+        return self.search_choice
 
     def close(self) -> None:
         """Stop the worker processes, if any (``run`` does it when it ends)."""
@@ -271,10 +287,6 @@ class Federation:
     def run_round(self) -> dict[str, float]:
         """Local training at every site, aggregation, broadcast. Returns mean losses."""
         uploads, all_losses = self.local_work()
-        # What each site trained this round, and the prototypes it trained towards, before the aggregate
-        # replaces it: a search candidate (FederationConfig.search_model).
-        local_states = [t.shared_state() for t in self.trainers] if self.config.keeps_local_model else None
-        round_prototypes = self.state.prototypes
         if self.config.method is not Method.LOCAL:
             total = SiteUpload.from_vector(self.sum_step(uploads), self.layout)
             aggregate = aggregator(self.config.method.value)
@@ -283,8 +295,6 @@ class Federation:
                 self.load_shared_model(self.state.shared_model)
         else:
             self.state = GlobalState(self.state.round + 1, None, None)
-        if local_states is not None:
-            self._choose_search_models(local_states, round_prototypes)
         keys = set().union(*all_losses)
         return {k: float(np.mean([d[k] for d in all_losses if k in d])) for k in sorted(keys)}
 
@@ -311,7 +321,7 @@ class Federation:
         """(query codes, database codes) per evaluation site, each encoded by the model that site holds
         (with ``select_on_validation`` and ``selected``, its selected shared model)."""
         if self.workers is not None:
-            return self.workers.site_codes()
+            return self.workers.site_codes(selected=selected)
         out = []
         for k, site in enumerate(self.eval_sites):
             trainer = self._eval_trainer(k)
@@ -330,6 +340,9 @@ class Federation:
         against its training records; None for a site whose slice has no relevant item. With
         ``select_on_validation`` it also keeps each site's best shared model so far (ties: the later)."""
         assert self.validation is not None  # noqa: S101 - callers check
+        if self.workers is not None:
+            values, self._worker_best_rounds = self.workers.validate(self.state)
+            return values
         values: list[float | None] = []
         for k, (val, site) in enumerate(zip(self.validation, self.eval_sites, strict=True)):
             trainer = self._eval_trainer(k)
@@ -388,7 +401,7 @@ class Federation:
                     valid = [v for v in val_map if v is not None]
                     mean_val = float(np.mean(valid)) if valid else None
                     if self.config.select_on_validation:
-                        selected = [b[1] if b is not None else r for b in self.best]
+                        selected = [b if b is not None else r for b in self.best_rounds()]
                         current = site_and_global_map(self.site_codes(selected=False), self.eval_sites)[1:]
                 site_map, mean_site, global_map = self.evaluate()
             else:

@@ -84,12 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-lr-decay", type=float, default=train.shared_lr_decay,
                    help="the shared model's lr falls by this factor per round (default: %(default)s)")
     p.add_argument("--share-mode", default=DEFAULT_SHARE_MODE.value, choices=[m.value for m in ShareMode],
-                   help="what sites share besides prototype statistics (default: %(default)s, as the daemons)")
+                   help="what sites share besides prototype statistics; auto is prototypes+model for pfmh (the "
+                        "simulation has no DP) and prototypes for fedhap, as a daemon's plan without DP "
+                        "(pfmh_model/methods.py: resolve_share_mode; default: %(default)s)")
     p.add_argument("--search-model", default=DEFAULT_SEARCH_MODEL.value, choices=[m.value for m in SearchModel],
                    help="with --share-mode prototypes+model, what each site searches with after a round: the "
                         "aggregate, the model it trained locally, or whichever ranks the class prototypes "
-                        "better for its held-out records (pfmh_model/search_choice.py; needs --val-fraction > 0 "
-                        "and --workers 1; default: %(default)s)")
+                        "better for its held-out records (pfmh_model/search_choice.py; validated needs "
+                        "--val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")
@@ -197,11 +199,7 @@ def run(args: argparse.Namespace) -> dict:
             continue
         workers = _workers(args.workers, len(sites))
         select = args.select_on_validation and method is not Method.CENTRALIZED
-        if select and workers > 1:
-            raise ModelError("--select-on-validation needs --workers 1 (validation runs in the parent process)")
-        validate = bool(args.val_fraction) and workers == 1
-        if args.val_fraction and not validate:
-            print("note: validation mAP is computed with --workers 1 only; the slices are still held out")
+        validate = bool(args.val_fraction)
         cfg = FederationConfig(method=method, rounds=args.rounds, share_mode=ShareMode(args.share_mode),
                                train=train_cfg, eval_every=1 if select else args.eval_every,
                                sites_together=not args.one_site_at_a_time, device=args.device,

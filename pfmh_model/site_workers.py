@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pfmh_model.aggregation import GlobalState
-from pfmh_model.data import MultiModalDataset
+from pfmh_model.data import MultiModalDataset, Split
 from pfmh_model.errors import ModelError
 
 __all__ = ["SiteWorkers", "balanced_groups"]
@@ -39,13 +39,14 @@ def balanced_groups(sizes: Sequence[int], workers: int) -> list[list[int]]:
     return [sorted(g) for g in groups if g]
 
 
-def _serve(conn: Connection, sites: list[MultiModalDataset], config: Any, indices: list[int]) -> None:
+def _serve(conn: Connection, sites: list[MultiModalDataset], config: Any, indices: list[int],
+           validation: list[Split] | None) -> None:
     from pfmh_model.federation import Federation
     from pfmh_model.threads import set_threads
 
     set_threads(1)
     try:
-        federation = Federation(sites, config, site_indices=indices)
+        federation = Federation(sites, config, site_indices=indices, validation=validation)
     except Exception:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(("error", traceback.format_exc(limit=3)))
         return
@@ -58,11 +59,14 @@ def _serve(conn: Connection, sites: list[MultiModalDataset], config: Any, indice
             if command == "update":
                 federation.state = arg
                 reply: Any = federation.local_work()
-            elif command == "load":
+            elif command == "load":  # the aggregate; then each site's search model (``search_choice``)
                 federation.load_shared_model(arg)
-                reply = None
+                reply = federation.round_search_choice()
+            elif command == "validate":  # with the state after the round's aggregation (its round number)
+                federation.state = arg
+                reply = (federation.validate(), federation.best_rounds())
             else:
-                reply = federation.site_codes()
+                reply = federation.site_codes(selected=arg)
         except Exception:  # noqa: BLE001
             conn.send(("error", traceback.format_exc(limit=3)))
             continue
@@ -76,9 +80,11 @@ class SiteWorkers:
         sites: every site, in order.
         config: the run's ``FederationConfig`` (each worker runs it with one worker).
         workers: number of processes (at most one per site).
+        validation: each site's held-out records, or None; a site's worker validates it.
     """
 
-    def __init__(self, sites: list[MultiModalDataset], config: Any, workers: int) -> None:
+    def __init__(self, sites: list[MultiModalDataset], config: Any, workers: int,
+                 validation: list[Split] | None = None) -> None:
         self.groups = balanced_groups([len(s.train) for s in sites], workers)
         context = mp.get_context("spawn")
         inner = dataclasses.replace(config, workers=1)
@@ -86,7 +92,8 @@ class SiteWorkers:
         self._procs = []
         for group in self.groups:
             parent, child = context.Pipe()
-            proc = context.Process(target=_serve, args=(child, [sites[k] for k in group], inner, group),
+            slices = None if validation is None else [validation[k] for k in group]
+            proc = context.Process(target=_serve, args=(child, [sites[k] for k in group], inner, group, slices),
                                    daemon=True)
             proc.start()
             child.close()
@@ -124,11 +131,21 @@ class SiteWorkers:
         losses = self._in_site_order([r[1] for r in replies])
         return uploads, losses
 
-    def load_shared_model(self, vector: np.ndarray) -> None:
-        self._all("load", vector)
+    def load_shared_model(self, vector: np.ndarray) -> tuple[list[str], list] | None:
+        """Every site takes the aggregate; returns their search-model choices in site order (None if none)."""
+        replies = self._all("load", vector)
+        if all(r is None for r in replies):
+            return None
+        return (self._in_site_order([r[0] for r in replies]), self._in_site_order([r[1] for r in replies]))
 
-    def site_codes(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self._in_site_order(self._all("codes"))
+    def validate(self, state: GlobalState) -> tuple[list[float | None], list[int | None]]:
+        """Every site's validation mAP (``Federation.validate``) after the round that ended in ``state``, and
+        its best round so far (``Federation.best_rounds``)."""
+        replies = self._all("validate", state)
+        return self._in_site_order([r[0] for r in replies]), self._in_site_order([r[1] for r in replies])
+
+    def site_codes(self, *, selected: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self._in_site_order(self._all("codes", selected))
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
