@@ -131,7 +131,7 @@ class RoundRecord:
     current_maps: tuple[float, float] | None = None
     # With FederationConfig.keeps_local_model: per site, "local" or "aggregate" (the shared model it
     # searches with after this round), and with "validated" the two mean scores on its held-out records
-    # (``search_choice.prototype_ap``: local, aggregate).
+    # (``search_choice.prototype_margin``: local, aggregate).
     search_models: list[str] | None = None
     search_scores: list[tuple[float | None, float | None]] | None = None
 

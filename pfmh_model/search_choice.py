@@ -17,11 +17,15 @@ the local one for its searches only when it is clearly better (``choose_search_m
 from the aggregate either way and nothing uploaded changes: this is a site-local choice of what encodes
 its archive.
 
-The score (``prototype_ap``) ranks the class prototypes both candidates were trained towards, not the
-site's training records: a model trained on those records maps them nearer to its class centres than
-unseen ones, and that favoured the local model on near-IID data (with the training records as the
-database, the local model was picked at 5 of 10 Wiki sites at alpha 10, where the aggregate was 0.1 mAP
-better; with the prototypes at 1 of 10).
+The score (``prototype_margin``) is how much nearer, in Hamming distance, a held-out record's code is to
+the prototype of its own class than to any other class's, measured against the class prototypes both
+candidates were trained towards. Two others were tried on the same runs (docs/BENCHMARKS.md):
+- mAP of the held-out records against the site's training records favoured the local model on
+  near-IID data, which it fits more tightly (picked at 5 of 10 Wiki sites at alpha 10, where the
+  aggregate was 0.1 mAP better);
+- the average precision of each record ranking the prototypes saturates at 1 when a site holds one or
+  two classes, so at alpha 0.1 the tie kept the aggregate at 3-4 of 10 sites, and global mAP fell by up
+  to 0.08 below the local model's.
 """
 from __future__ import annotations
 
@@ -30,14 +34,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pfmh_model.errors import DataError
-from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.methods import DEFAULT_SEARCH_MODEL, SearchModel
+from pfmh_model.packed_codes import binarize_codes
 
 if TYPE_CHECKING:
     from pfmh_model.data import Split
     from pfmh_model.training import SiteTrainer
 
-__all__ = ["DEFAULT_SEARCH_MODEL", "LOCAL_WINS_Z", "SearchModel", "choose_search_model", "prototype_ap",
+__all__ = ["DEFAULT_SEARCH_MODEL", "LOCAL_WINS_Z", "SearchModel", "choose_search_model", "prototype_margin",
            "site_search_choice"]
 
 
@@ -46,31 +50,38 @@ __all__ = ["DEFAULT_SEARCH_MODEL", "LOCAL_WINS_Z", "SearchModel", "choose_search
 LOCAL_WINS_Z = 1.645
 
 
-def prototype_ap(codes: np.ndarray, labels: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Each held-out record's average precision when its code ranks the C class prototypes by Hamming distance.
+def prototype_margin(codes: np.ndarray, labels: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Each held-out record's Hamming margin to the class prototypes: (distance to the nearest prototype of a
+    class it lacks - distance to the nearest prototype of one of its labels) / bits, in [-1, 1].
 
-    A record's relevant prototypes are those of its labels; codes and prototypes are binarised by the
-    retrieval rule (``pfmh_model.evaluation``, whose mAP this is record by record). Records without a label
-    are left out.
+    Codes and prototypes are binarised by the retrieval rule (``packed_codes.binarize_codes``). Records
+    without a label, or with every label, are left out.
 
     Shape:
         - codes: (n, b) continuous or +-1
         - labels: (n, C) multi-hot
         - prototypes: (C, b)
-        - output: (m,) float64, m <= n the records with a label
+        - output: (m,) float64, m <= n
     """
-    codes, labels, prototypes = np.asarray(codes), np.asarray(labels), np.asarray(prototypes)
+    codes, labels, prototypes = np.asarray(codes), np.asarray(labels) > 0, np.asarray(prototypes)
     if prototypes.ndim != 2 or labels.ndim != 2 or labels.shape[1] != prototypes.shape[0] or \
             len(labels) != len(codes):
         raise DataError(f"codes {codes.shape}, labels {labels.shape} and prototypes {prototypes.shape} do not agree")
-    classes = np.eye(prototypes.shape[0], dtype=np.float32)
-    return np.array([mean_average_precision(codes[i:i + 1], prototypes, labels[i:i + 1], classes)
-                     for i in range(len(codes)) if labels[i].any()], dtype=np.float64)
+    if len(codes) == 0:
+        return np.zeros(0)
+    bits = binarize_codes(codes)
+    if bits.shape[1] != prototypes.shape[1]:
+        raise DataError(f"codes have {bits.shape[1]} bits, prototypes {prototypes.shape[1]}")
+    distance = (bits[:, None, :] != binarize_codes(prototypes)[None, :, :]).sum(axis=2)  # (n, C)
+    kept = labels.any(axis=1) & ~labels.all(axis=1)
+    nearest_own = np.where(labels, distance, np.iinfo(distance.dtype).max).min(axis=1)
+    nearest_other = np.where(~labels, distance, np.iinfo(distance.dtype).max).min(axis=1)
+    return ((nearest_other - nearest_own) / bits.shape[1])[kept].astype(np.float64)
 
 
 def choose_search_model(local: np.ndarray, aggregate: np.ndarray, *, z: float = LOCAL_WINS_Z) -> SearchModel:
-    """LOCAL when, on the same held-out records, the local model's prototype AP beats the aggregate's by
-    more than ``z`` standard errors of the mean paired difference; otherwise the aggregate (it has seen
+    """LOCAL when, on the same held-out records, the local model's score (``prototype_margin``) beats the
+    aggregate's by more than ``z`` standard errors of the mean paired difference; otherwise the aggregate (it has seen
     every site's records). Fewer than two records keep the aggregate.
 
     A paired test, not a plain comparison of means: with ~20 held-out records a site's mean moves by a few
@@ -99,17 +110,18 @@ def site_search_choice(trainer: SiteTrainer, local_state: dict, validation: Spli
         prototypes: (C, b) the class prototypes both candidates were trained towards this round.
 
     Returns:
-        The choice and the two mean prototype APs on the held-out records (None without any).
+        The choice and the two mean prototype margins on the held-out records (None without any).
     """
     if validation is None or len(validation) == 0:
         return SearchModel.AGGREGATE, None, None
     aggregate = trainer.shared_state()
-    aggregate_aps = prototype_ap(trainer.encode(validation, model="shared"), validation.labels, prototypes)
+    aggregate_scores = prototype_margin(trainer.encode(validation, model="shared"), validation.labels, prototypes)
     trainer.load_shared_state(local_state)
     try:
-        local_aps = prototype_ap(trainer.encode(validation, model="shared"), validation.labels, prototypes)
+        local_scores = prototype_margin(trainer.encode(validation, model="shared"), validation.labels, prototypes)
     finally:
         trainer.load_shared_state(aggregate)
-    if len(local_aps) == 0:
+    if len(local_scores) == 0:
         return SearchModel.AGGREGATE, None, None
-    return choose_search_model(local_aps, aggregate_aps), float(local_aps.mean()), float(aggregate_aps.mean())
+    return (choose_search_model(local_scores, aggregate_scores), float(local_scores.mean()),
+            float(aggregate_scores.mean()))

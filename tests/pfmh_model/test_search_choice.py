@@ -8,7 +8,7 @@ import torch
 from pfmh_model.errors import DataError
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.partition import hold_out, partition_dataset
-from pfmh_model.search_choice import SearchModel, choose_search_model, prototype_ap
+from pfmh_model.search_choice import SearchModel, choose_search_model, prototype_margin
 from pfmh_model.synthetic import generate
 from pfmh_model.training import TrainConfig
 
@@ -23,18 +23,21 @@ def split_sites():  # noqa: ANN201
     return hold_out(partition_dataset(generate("tiny", seed=4), num_sites=3, alpha=0.5, seed=4), 0.2, seed=0)
 
 
-def test_prototype_ap_ranks_the_prototypes_of_each_records_labels() -> None:
-    # Prepare: 3 classes with far-apart prototypes; record 0 is class 0's code, record 1 class 2's,
-    # record 2 has no label
+def test_prototype_margin_is_how_much_nearer_a_code_is_to_its_own_class() -> None:
+    # Prepare: 3 classes, 4 bits; class 0 = 1111, class 1 = 0011, class 2 = 0000
     protos = np.array([[1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -1, -1]], dtype=np.float32)
-    labels = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float32)
-    # Assert: exact codes rank their own prototype first (AP 1); swapped codes rank it last (AP 1/3);
-    # the unlabelled record is left out
-    np.testing.assert_allclose(prototype_ap(protos[[0, 2, 1]], labels, protos), [1.0, 1.0])
-    np.testing.assert_allclose(prototype_ap(protos[[2, 0, 1]], labels, protos), [1 / 3, 1 / 3])
-    assert prototype_ap(np.zeros((0, 4)), np.zeros((0, 3)), protos).shape == (0,)
+    labels = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 1, 1]], dtype=np.float32)
+    codes = np.array([[0.9, 0.2, 0.5, 0.7],  # = class 0's code: own 0, nearest other (class 1) 2 -> +2/4
+                      [0.3, 0.4, 0.6, 0.8],  # labelled 2 but = class 0's code: own 4, other 0 -> -4/4
+                      [-0.5, 0.1, 0.2, 0.3],  # labelled 1, one bit from class 1 and one from class 0 -> 0
+                      [1, 1, 1, 1], [1, 1, 1, 1]], dtype=np.float32)  # no label / every label: left out
+    # Assert
+    np.testing.assert_allclose(prototype_margin(codes, labels, protos), [0.5, -1.0, 0.0])
+    assert prototype_margin(np.zeros((0, 4)), np.zeros((0, 3)), protos).shape == (0,)
     with pytest.raises(DataError, match="do not agree"):
-        prototype_ap(protos, labels[:, :2], protos)
+        prototype_margin(codes, labels[:, :2], protos)
+    with pytest.raises(DataError, match="bits"):
+        prototype_margin(codes[:, :3], labels, protos)
 
 
 def test_the_local_model_must_win_by_more_than_the_noise() -> None:
@@ -81,7 +84,7 @@ def test_the_choice_changes_what_sites_search_with_not_what_they_train(split_sit
         assert validated.site_map[k] == pytest.approx(twin.site_map[k], abs=1e-12)
 
 
-def test_validated_scores_are_each_candidates_prototype_ap(split_sites) -> None:
+def test_validated_scores_are_each_candidates_prototype_margin(split_sites) -> None:
     # Prepare: one round, then recompute both scores by hand from the kept states
     sites, validation = split_sites
     federation, result = _run(sites, validation, SearchModel.VALIDATED, rounds=1)
@@ -93,9 +96,9 @@ def test_validated_scores_are_each_candidates_prototype_ap(split_sites) -> None:
     for k, val in enumerate(validation):
         trainer = local_run.trainers[k]
         trainer.load_shared_state(local_run.search_states[k])
-        local_aps = prototype_ap(trainer.encode(val, model="shared"), val.labels, round_prototypes)
-        aggregate_aps = prototype_ap(aggregate_run.trainers[k].encode(val, model="shared"), val.labels,
-                                     round_prototypes)
+        local_aps = prototype_margin(trainer.encode(val, model="shared"), val.labels, round_prototypes)
+        aggregate_aps = prototype_margin(aggregate_run.trainers[k].encode(val, model="shared"), val.labels,
+                                         round_prototypes)
         assert record.search_scores[k] == pytest.approx((local_aps.mean(), aggregate_aps.mean()), abs=1e-12)
         assert record.search_models[k] == choose_search_model(local_aps, aggregate_aps).value
 
