@@ -353,7 +353,7 @@ class SiteDaemon:
             choice, note = SearchModel.LOCAL, ""
         else:
             choice, local, aggregate = site_search_choice(self.trainer, local_state, self.validation, prototypes)
-            note = "" if local is None else f", prototype AP {local:.3f} local vs {aggregate:.3f} aggregate"
+            note = "" if local is None else f", prototype margin {local:.3f} local vs {aggregate:.3f} aggregate"
         if choice is SearchModel.LOCAL:
             self.trainer.load_shared_state(local_state)
         self.metrics.searches_with_local_model.set(int(choice is SearchModel.LOCAL))

@@ -3,7 +3,10 @@
 Methods (``Method``):
 - ``pfmh``: personal model (L_sim + L_q) -> personal prototypes -> completion with the global
   prototypes -> shared model (L_sim + L_q + L_kd + L_con) -> upload prototype statistics (and the
-  shared model in ``prototypes+model`` mode) -> aggregate -> broadcast (PFMH.md, one round).
+  shared model in ``prototypes+model`` mode) -> aggregate -> broadcast (PFMH.md, one round). With the
+  shared model federated (``share_mode`` auto resolves to it here, as there is no DP in-process), each
+  site then searches with the aggregate or the model it trained this round (``search_model``,
+  ``pfmh_model.search_choice``).
 - ``fedavg``: one shared model per site trained with L_sim + L_q, FedAvg each round, no prototypes.
 - ``local``: as fedavg without any aggregation (each site alone).
 - ``centralized``: PFMH on the pooled training data of all sites (one site), the upper reference.

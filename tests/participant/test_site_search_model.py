@@ -55,6 +55,6 @@ def test_a_site_searches_with_the_model_its_federation_names(tmp_path: Path, sea
             assert daemon.validation is None  # nothing to decide, so nothing held out
         if search_model == "validated":
             # it held out a tenth of its training records (the simulation's rows) and scored both candidates
-            assert "prototype AP" in last.detail
+            assert "prototype margin" in last.detail
             assert len(daemon.validation) == max(2, round(0.1 * len(part.train)))
             assert len(daemon.data.train) + len(daemon.validation) == len(part.train)
