@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pfmh_model.methods import DEFAULT_VALIDATION_FRACTION
+
 
 def _run_cell(cell: dict) -> dict:
     import torch
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
                    help="TrainConfig overrides for every deep cell, as in a site's [train] table (VALUE is JSON, "
                         "e.g. dropout=0.3 or shared_epochs=5; they win over --epochs)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION,
                    help="fraction of each site's training records held out for validation (every method)")
     p.add_argument("--bits", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.1])

@@ -31,7 +31,7 @@ from pfmh_model.federation import (
     site_and_global_map,
     union_codes,
 )
-from pfmh_model.methods import DEFAULT_SHARE_MODE
+from pfmh_model.methods import DEFAULT_SHARE_MODE, DEFAULT_VALIDATION_FRACTION
 from pfmh_model.partition import (
     apply_partition,
     class_histograms,
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shared/data/wiki_ref_partition.json) instead of a Dirichlet draw; --sites and --alpha "
                         "are then ignored")
     p.add_argument("--save-partition", type=Path, default=None, help="write the partition used to this JSON file")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--val-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION,
                    help="fraction of each site's training records held out (never trained on) to report its "
                         "validation mAP every evaluated round; 0: none (default: %(default)s)")
     p.add_argument("--select-on-validation", action="store_true",

@@ -3,7 +3,8 @@
 Each worker is a fresh (spawned) process holding a :class:`~pfmh_model.federation.Federation`
 over its group of sites (their global indices keep each site's batch seed), with one torch
 thread (``pfmh_model.threads``). The parent keeps the round loop: it sends the global state,
-gets every site's upload vector and losses back, aggregates, and broadcasts. Nothing but numpy
+gets every site's upload vector and losses back, aggregates, and broadcasts; each worker validates its
+own sites and chooses their search models (``pfmh_model.search_choice``). Nothing but numpy
 arrays and small dataclasses crosses a pipe. Groups are balanced by training records.
 
 Why processes and not threads: see ``pfmh_model.threads``. Two one-thread processes on a
