@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pfmh_model.methods import DEFAULT_VALIDATION_FRACTION
+from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_VALIDATION_FRACTION, SearchModel
+
+_OPTIONS = {"", "select", *(m.value for m in SearchModel)}  # after the @ of a method spec
 
 
 def _run_cell(cell: dict) -> dict:
@@ -57,8 +59,6 @@ def _run_cell(cell: dict) -> dict:
     spec, _, option = cell["method"].partition("@")
     method, _, share_mode = spec.partition(":")
     select = option == "select"
-    from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel
-
     search_model = SearchModel(option) if option in {m.value for m in SearchModel} else DEFAULT_SEARCH_MODEL
     from pfmh_model.trainer_factory import train_config
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec in {"ridge-local", "ridge-central", "lsh"}:
             continue
         if method not in {"pfmh", "fedavg", "local", "centralized", "fedhap"} or \
-                option not in {"", "select", "aggregate", "local", "validated"} or \
+                option not in _OPTIONS or \
                 share_mode not in {"", "prototypes", "prototypes+model"}:
             p.error(f"--methods: {spec!r} is not METHOD[:SHARE_MODE][@OPTION] or a baseline")
     train = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.train)}

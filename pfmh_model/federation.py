@@ -278,10 +278,6 @@ class Federation:
             return list(self._worker_best_rounds)
         return [b[1] if b is not None else None for b in self.best]
 
-    def round_search_choice(self) -> tuple[list[str], list] | None:
-        """This round's search-model choice per site (what a worker reports after ``load_shared_model``)."""
-        return self.search_choice
-
     def close(self) -> None:
         """Stop the worker processes, if any (``run`` does it when it ends)."""
         if self.workers is not None:

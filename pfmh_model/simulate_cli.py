@@ -31,7 +31,7 @@ from pfmh_model.federation import (
     site_and_global_map,
     union_codes,
 )
-from pfmh_model.methods import DEFAULT_SHARE_MODE, DEFAULT_VALIDATION_FRACTION
+from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_SHARE_MODE, DEFAULT_VALIDATION_FRACTION, SearchModel
 from pfmh_model.partition import (
     apply_partition,
     class_histograms,
@@ -42,7 +42,6 @@ from pfmh_model.partition import (
     save_partition,
 )
 from pfmh_model.plots import plot_run
-from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel
 from pfmh_model.synthetic import PRESETS, generate
 from pfmh_model.threads import DEFAULT_THREADS, set_threads
 from pfmh_model.training import TrainConfig
@@ -89,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pfmh_model/methods.py: resolve_share_mode; default: %(default)s)")
     p.add_argument("--search-model", default=DEFAULT_SEARCH_MODEL.value, choices=[m.value for m in SearchModel],
                    help="with --share-mode prototypes+model, what each site searches with after a round: the "
-                        "aggregate, the model it trained locally, or whichever ranks the class prototypes "
-                        "better for its held-out records (pfmh_model/search_choice.py; validated needs "
+                        "aggregate, the model it trained locally, or the local one only where it puts its "
+                        "held-out records clearly nearer their class prototypes (pfmh_model/search_choice.py; "
+                        "validated needs "
                         "--val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")

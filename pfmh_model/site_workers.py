@@ -62,7 +62,7 @@ def _serve(conn: Connection, sites: list[MultiModalDataset], config: Any, indice
                 reply: Any = federation.local_work()
             elif command == "load":  # the aggregate; then each site's search model (``search_choice``)
                 federation.load_shared_model(arg)
-                reply = federation.round_search_choice()
+                reply = federation.search_choice
             elif command == "validate":  # with the state after the round's aggregation (its round number)
                 federation.state = arg
                 reply = (federation.validate(), federation.best_rounds())
