@@ -42,6 +42,16 @@ def balanced_groups(sizes: Sequence[int], workers: int) -> list[list[int]]:
 
 def _serve(conn: Connection, sites: list[MultiModalDataset], config: Any, indices: list[int],
            validation: list[Split] | None) -> None:
+    # Ctrl-C reaches the whole process group; the parent reports it and stops us, so a worker leaves
+    # quietly (no traceback per worker), as it does when the parent is gone (EOF on the pipe).
+    try:
+        _serve_commands(conn, sites, config, indices, validation)
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        return
+
+
+def _serve_commands(conn: Connection, sites: list[MultiModalDataset], config: Any, indices: list[int],
+                    validation: list[Split] | None) -> None:
     from pfmh_model.federation import Federation
     from pfmh_model.threads import set_threads
 
