@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_VALIDATION_FRACTION, SearchModel
+from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_VALIDATION_FRACTION, SearchModel, ShareMode
 
 _OPTIONS = {"", "select", *(m.value for m in SearchModel)}  # after the @ of a method spec
 
@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="pfmh,pfmh:prototypes,fedavg,local,centralized,fedhap,ridge-local,"
                                         "ridge-central,lsh",
                    help="comma-separated METHOD[:SHARE_MODE][@OPTION] or a baseline (ridge-local, ridge-central, "
-                        "lsh); share mode prototypes or prototypes+model (the default, as in the paper) for pfmh "
-                        "and fedhap; @select: per-site selection of the search model's round on the validation "
-                        "slice; @aggregate, @local, @validated: the search model of pfmh with prototypes+model "
+                        "lsh); share mode prototypes, prototypes+model (the default, as in the paper; a plan's auto "
+                        "gives it to pfmh without DP, prototypes to fedhap) or auto, for pfmh and fedhap; "
+                        "@select: per-site selection of the search model's round on the validation slice; "
+                        "@aggregate, @local, @validated: the search model of pfmh with prototypes+model "
                         "(pfmh_model/search_choice.py; default validated)")
     p.add_argument("--partition", nargs="+", default=[], metavar="NAME=FILE",
                    help="use this partition file (per-site row lists) for dataset NAME instead of Dirichlet "
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if method not in {"pfmh", "fedavg", "local", "centralized", "fedhap"} or \
                 option not in _OPTIONS or \
-                share_mode not in {"", "prototypes", "prototypes+model"}:
+                share_mode not in {"", *(m.value for m in ShareMode)}:
             p.error(f"--methods: {spec!r} is not METHOD[:SHARE_MODE][@OPTION] or a baseline")
     train = {key: json.loads(value) for key, _, value in (item.partition("=") for item in args.train)}
     cells = [{"dataset": name, "source": sources[name], "method": m, "bits": b, "train": train,
