@@ -301,7 +301,7 @@ def _busy(n: int) -> int:
 def machine_jitter(target_s: float, calls: int = 1000) -> tuple[float, float]:
     """p50/p99 ms of a pure-Python loop sized to take ``target_s``, timed like the calls.
 
-    No network, no threads, no allocation: what this machine alone does to the tail of work that
+    No network, no threads, no I/O: what this machine alone does to the tail of work that
     long (a VM's vCPU is descheduled now and then), to read the server's p99 against.
     """
     n = 10_000
