@@ -27,8 +27,9 @@ class LossWeights:
     contrastive was 1 until the fourth issue-14 pass. At 3, over 3 seeds of six Wiki settings, global mAP
     rose on 16 of 18 runs, by about 0.03 on the skewed ones (Dirichlet alpha 0.1: 0.766 -> 0.800; tf-idf:
     0.813 -> 0.843; tf-idf at 128 bits: 0.830 -> 0.856, falling by 0.002 after round 10, not 0.024); per-site mAP
-    fell by at most 0.003 except at alpha 0.5 (0.010-0.012 lower on every seed). docs/BENCHMARKS.md, "A
-    stronger pull towards the prototypes".
+    fell by at most 0.003 except at alpha 0.5 (0.010-0.012 lower on every seed). Under DP the prototypes
+    are noisy and 1 did better (per-site -0.025 to -0.045 at epsilon 1 with 3, two seeds), so the DP
+    example plans in deploy/ set 1. docs/BENCHMARKS.md, "A stronger pull towards the prototypes".
 
     Raises:
         OptionError: a weight is negative or not finite.
