@@ -40,7 +40,7 @@ def _run_cell(cell: dict) -> dict:
     torch.set_num_threads(1)
     from pfmh_model.baselines import BASELINES, baseline_codes
     from pfmh_model.data import load_h5
-    from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode, site_and_global_map
+    from pfmh_model.federation import Federation, FederationConfig, Method, site_and_global_map
     from pfmh_model.partition import apply_partition, hold_out, load_partition, partition_indices
     from pfmh_model.synthetic import generate
 

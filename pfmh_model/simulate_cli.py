@@ -90,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --share-mode prototypes+model, what each site searches with after a round: the "
                         "aggregate, the model it trained locally, or the local one only where it puts its "
                         "held-out records clearly nearer their class prototypes (pfmh_model/search_choice.py; "
-                        "validated needs "
-                        "--val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
+                        "validated needs --val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")
