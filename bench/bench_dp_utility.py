@@ -81,7 +81,7 @@ def _run(cell: dict) -> dict:
         """The in-process federation whose every site runs the daemon's LocalRelease."""
 
         def __init__(self, settings: FederationSettings, folder: Path) -> None:
-            super().__init__(parts, FederationConfig(method=Method(method), rounds=cell["rounds"], train=train,
+            super().__init__(parts, FederationConfig(method=Method(method), rounds=cell["rounds"], train=settings.train,
                                                      eval_every=cell["rounds"], share_mode=ShareMode(share_mode),
                                                      sites_together=False))  # the daemon's release, per site
             kinds = LocalRelease.dp_models(settings)

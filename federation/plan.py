@@ -194,7 +194,8 @@ class FederationSettings:
         validation_fraction: the share of its training records such a site holds out to decide it (0..0.5).
         rounds: federated rounds to run.
         min_sites: the fewest sites a round starts with (at most the enrolled sites).
-        train: local training (``TrainConfig``'s fields).
+        train: local training (``TrainConfig``'s fields). Its ``weights.contrastive`` default, ``"auto"``, is
+            replaced here: 3 without DP, 1 with DP (``TrainConfig.resolved``).
         fedhap: FedHAP's own options (only with method fedhap).
         train_timeout_s: how long a round waits for local training; phase_timeout_s: for each SecAgg phase.
     """
@@ -218,8 +219,9 @@ class FederationSettings:
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
-        object.__setattr__(self, "share_mode", resolve_share_mode(
-            self.share_mode, method=self.method, dp=self.privacy.mode is not DPMode.OFF))
+        dp = self.privacy.mode is not DPMode.OFF
+        object.__setattr__(self, "share_mode", resolve_share_mode(self.share_mode, method=self.method, dp=dp))
+        object.__setattr__(self, "train", self.train.resolved(dp=dp))
         if not isinstance(self.federation_id, str) or not self.federation_id:
             raise FieldError("federation_id", f"{self.federation_id!r} must be a non-empty string")
         _at_least(self, 1, "image_dim", "text_dim", "num_classes", "rounds", "min_sites")

@@ -94,6 +94,7 @@ class FederationConfig:
         # The in-process federation has no DP (bench/bench_dp_utility.py runs the daemon's DP round itself).
         object.__setattr__(self, "share_mode", resolve_share_mode(ShareMode(self.share_mode), method=self.method,
                                                                   dp=False))
+        object.__setattr__(self, "train", self.train.resolved(dp=False))
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.rounds < 1:

@@ -5,11 +5,21 @@ ever train, so this module imports only the standard library and ``pfmh_model.er
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pfmh_model.errors import OptionError
 
-__all__ = ["LossWeights", "TrainConfig"]
+__all__ = ["AUTO_WEIGHT", "CONTRASTIVE_WITH_DP", "CONTRASTIVE_WITHOUT_DP", "LossWeights", "TrainConfig"]
+
+# A plan value for ``LossWeights.contrastive``, replaced by ``TrainConfig.resolved`` once it is known whether
+# the federation runs DP: nothing that trains sees it.
+AUTO_WEIGHT = "auto"
+# What ``auto`` stands for (issue #14, fourth pass; docs/BENCHMARKS.md "A stronger pull towards the
+# prototypes"). Without DP 3 lifted global mAP on 16 of 18 Wiki runs. With DP the global prototypes the pull
+# aims at carry the noise, and 3 cost 0.025-0.045 per-site at epsilon 1 and 0.024-0.035 global at epsilon 4
+# against 1 (bench/bench_dp_utility.py, two seeds).
+CONTRASTIVE_WITHOUT_DP = 3.0
+CONTRASTIVE_WITH_DP = 1.0
 
 
 @dataclass(frozen=True)
@@ -28,8 +38,10 @@ class LossWeights:
     rose on 16 of 18 runs, by about 0.03 on the skewed ones (Dirichlet alpha 0.1: 0.766 -> 0.800; tf-idf:
     0.813 -> 0.843; tf-idf at 128 bits: 0.830 -> 0.856, falling by 0.002 after round 10, not 0.024); per-site mAP
     fell by at most 0.003 except at alpha 0.5 (0.010-0.012 lower on every seed). Under DP the prototypes
-    are noisy and 1 did better (per-site -0.025 to -0.045 at epsilon 1 with 3, two seeds), so the DP
-    example plans in deploy/ set 1. docs/BENCHMARKS.md, "A stronger pull towards the prototypes".
+    are noisy and 1 did better (per-site -0.025 to -0.045 at epsilon 1 with 3, two seeds). So the default
+    is ``"auto"``: 3 without DP, 1 with DP (``CONTRASTIVE_WITHOUT_DP`` / ``CONTRASTIVE_WITH_DP``), chosen by
+    ``TrainConfig.resolved`` where the plan is loaded. docs/BENCHMARKS.md, "A stronger pull towards the
+    prototypes".
 
     Raises:
         OptionError: a weight is negative or not finite.
@@ -38,7 +50,7 @@ class LossWeights:
     similarity: float = 1.0
     quantization: float = 0.1
     distillation: float = 0.01
-    contrastive: float = 3.0
+    contrastive: float | str = AUTO_WEIGHT
     # The personal model's pull towards fixed class centres, the round-0 Hadamard prototypes (0: L_sim +
     # L_q only, as the paper). It anchors every site's personal code space, whose codes make the
     # uploaded prototypes, to one frame (``local_round.personal_anchors``; docs/BENCHMARKS.md
@@ -48,8 +60,17 @@ class LossWeights:
     def __post_init__(self) -> None:
         for name in ("similarity", "quantization", "distillation", "contrastive", "personal_contrastive"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
-                raise OptionError(f"LossWeights.{name}={value!r} is invalid: need a finite number >= 0")
+            if name == "contrastive" and value == AUTO_WEIGHT:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < float("inf"):
+                also = f' or "{AUTO_WEIGHT}"' if name == "contrastive" else ""
+                raise OptionError(f"LossWeights.{name}={value!r} is invalid: need a finite number >= 0{also}")
+
+    def resolved(self, *, dp: bool) -> LossWeights:
+        """These weights with ``contrastive = "auto"`` replaced by the weight for a federation with or without DP."""
+        if self.contrastive != AUTO_WEIGHT:
+            return self
+        return replace(self, contrastive=CONTRASTIVE_WITH_DP if dp else CONTRASTIVE_WITHOUT_DP)
 
 
 
@@ -117,4 +138,13 @@ class TrainConfig:
             raise OptionError(f"TrainConfig.shared_lr_decay={self.shared_lr_decay!r} is invalid: need 0 < decay <= 1")
         if not isinstance(self.weights, LossWeights):
             raise OptionError(f"TrainConfig.weights is {type(self.weights).__name__}: need LossWeights")
+
+    def resolved(self, *, dp: bool) -> TrainConfig:
+        """This config with its ``auto`` values replaced for a federation with (``dp``) or without DP.
+
+        The plan loaders call it (``federation.plan.FederationSettings``, ``federation.FederationConfig``); a
+        ``SiteTrainer`` built from an unresolved config resolves it without DP.
+        """
+        weights = self.weights.resolved(dp=dp)
+        return self if weights is self.weights else replace(self, weights=weights)
 

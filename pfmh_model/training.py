@@ -101,7 +101,8 @@ class SiteTrainer:
                  device: str | torch.device = "cpu") -> None:
         if not isinstance(config, TrainConfig):
             raise OptionError(f"config is {type(config).__name__}: need a TrainConfig")
-        self.config = config
+        # A plan resolves its "auto" weights knowing whether it runs DP; a trainer built without one has none.
+        self.config = config = config.resolved(dp=False)
         self.num_classes = num_classes
         self.device = resolve_device(device)
         init = torch.Generator().manual_seed(config.seed if init_seed is None else init_seed)

@@ -16,7 +16,7 @@ from coordinator.config import load_config
 from federation.plan import FederationSettings, PrivacySettings, SecAggSettings, StatisticsEncoder
 from pfmh_model.fedhap_config import FedHAPConfig
 from pfmh_model.methods import DEFAULT_SHARE_MODE, Method, ShareMode
-from pfmh_model.train_config import LossWeights, TrainConfig
+from pfmh_model.train_config import AUTO_WEIGHT, CONTRASTIVE_WITH_DP, CONTRASTIVE_WITHOUT_DP, LossWeights, TrainConfig
 from proto.settings import PROTOCOL_VERSION, SettingsError, build
 from security.accountant import AccountantKind
 from security.dp_config import DPMode
@@ -96,6 +96,27 @@ def test_default_share_mode_is_resolved_when_the_plan_is_loaded() -> None:
     assert kept.share_mode is ShareMode.PROTOTYPES
 
 
+def test_auto_contrastive_weight_is_resolved_by_the_plans_dp_mode(tmp_path: Path) -> None:
+    # Prepare: one plan with DP, one without, neither naming the weight; one naming it; one naming it badly
+    dp_on = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2)
+    dp_off = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2,
+                                privacy=PrivacySettings(mode="off"))
+    named = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2,
+                               train={"weights": {"contrastive": 2.5}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[federation]\nfederation_id = "f"\nimage_dim = 2\ntext_dim = 2\nnum_classes = 2\n'
+                   '[federation.train.weights]\ncontrastive = "strong"\n')
+    # Assert: auto is 1 with DP and 3 without, the sites receive the number, and a named weight is kept
+    assert TrainConfig().weights.contrastive == AUTO_WEIGHT
+    assert dp_on.train.weights.contrastive == CONTRASTIVE_WITH_DP == 1.0
+    assert dp_off.train.weights.contrastive == CONTRASTIVE_WITHOUT_DP == 3.0
+    assert json.loads(dp_on.to_json())["train"]["weights"]["contrastive"] == 1.0
+    assert FederationSettings.from_json(dp_on.to_json()) == dp_on
+    assert named.train.weights.contrastive == 2.5
+    with pytest.raises(SettingsError, match=r"contrastive='strong' is invalid: need a finite number >= 0 or \"auto\""):
+        build(FederationSettings, _federation_table(bad), "federation")
+
+
 def test_protocol_3_document_with_partial_tables_still_parses() -> None:
     # Prepare: what a coordinator sent before the plan was typed: train with only the keys its TOML set,
     # fedhap {}, enums as strings. The wire format is unchanged, so PROTOCOL_VERSION stays 3.
@@ -106,7 +127,7 @@ def test_protocol_3_document_with_partial_tables_still_parses() -> None:
     plan = FederationSettings.from_json(json.dumps(old))
     # Assert
     assert PROTOCOL_VERSION == 3
-    assert plan.train == TrainConfig(bits=16) and plan.fedhap == FedHAPConfig()
+    assert plan.train == TrainConfig(bits=16).resolved(dp=False) and plan.fedhap == FedHAPConfig()
     assert plan.secagg.prg is PrgAlgorithm.CHACHA20 and plan.privacy.mode is DPMode.OFF
 
 
@@ -176,7 +197,7 @@ def test_direct_construction_is_typed_and_checked() -> None:
     plan = FederationSettings(federation_id="f", image_dim=2, text_dim=2, num_classes=2, method="fedavg",  # type: ignore[arg-type]
                               train={"bits": 16}, privacy=PrivacySettings(mode="off"))  # type: ignore[arg-type]
     # Assert
-    assert plan.method is Method.FEDAVG and plan.train == TrainConfig(bits=16) and plan.shares_model
+    assert plan.method is Method.FEDAVG and plan.train == TrainConfig(bits=16).resolved(dp=False) and plan.shares_model
     with pytest.raises(ValueError, match="delta"):
         PrivacySettings(delta=1.5)
     with pytest.raises(ValueError, match="fraction_bits"):
