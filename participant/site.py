@@ -350,14 +350,17 @@ class SiteDaemon:
         """Keep the aggregate or load this round's locally trained model for searching (the next round's offer
         brings the aggregate back for training). Returns a note for the round report."""
         if self.settings.search_model is SearchModel.LOCAL:
-            choice, note = SearchModel.LOCAL, ""
+            choice, searching, note = SearchModel.LOCAL, local_state, ""
         else:
-            choice, local, aggregate = site_search_choice(self.trainer, local_state, self.validation, prototypes)
-            note = "" if local is None else f", prototype margin {local:.3f} local vs {aggregate:.3f} aggregate"
-        if choice is SearchModel.LOCAL:
-            self.trainer.load_shared_state(local_state)
+            chosen = site_search_choice(self.trainer, local_state, self.validation, prototypes)
+            choice, searching = chosen.model, chosen.state
+            note = "" if chosen.local_score is None else \
+                f", prototype margin {chosen.local_score:.3f} local vs {chosen.aggregate_score:.3f} aggregate"
+        if searching is not None:
+            self.trainer.load_shared_state(searching)
         self.metrics.searches_with_local_model.set(int(choice is SearchModel.LOCAL))
-        return f"; searching with the {choice.value} model{note}"
+        blended = " (blended with the aggregate)" if searching is not None and searching is not local_state else ""
+        return f"; searching with the {choice.value} model{blended}{note}"
 
     # ------------------------------------------------------------------ evaluation, reports, index
     def evaluate(self) -> float | None:

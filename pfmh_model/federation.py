@@ -307,10 +307,10 @@ class Federation:
         choices, scores = [], []
         for k, (trainer, local) in enumerate(zip(self.trainers, local_states, strict=True)):
             val = self.validation[k] if self.validation is not None else None
-            choice, local_score, aggregate_score = site_search_choice(trainer, local, val, prototypes)
-            self.search_states[k] = local if choice is SearchModel.LOCAL else None
-            choices.append(choice.value)
-            scores.append((local_score, aggregate_score))
+            choice = site_search_choice(trainer, local, val, prototypes)
+            self.search_states[k] = choice.state
+            choices.append(choice.model.value)
+            scores.append((choice.local_score, choice.aggregate_score))
         self.search_choice = (choices, scores)
 
     # ----------------------------------------------------------------------------- evaluation

@@ -49,7 +49,8 @@ class SearchModel(enum.StrEnum):
 
     AGGREGATE = "aggregate"  # the round's aggregated model (as in the paper)
     LOCAL = "local"  # the model the site trained this round, before aggregation
-    VALIDATED = "validated"  # the local one only where it is clearly better on the site's held-out records
+    # a blend of the local one and the aggregate (3:1), only where it is clearly better on the site's held-out records
+    VALIDATED = "validated"
 
 
 # The one default of the simulation and the site daemon.

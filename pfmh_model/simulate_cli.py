@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pfmh_model/methods.py: resolve_share_mode; default: %(default)s)")
     p.add_argument("--search-model", default=DEFAULT_SEARCH_MODEL.value, choices=[m.value for m in SearchModel],
                    help="with --share-mode prototypes+model, what each site searches with after a round: the "
-                        "aggregate, the model it trained locally, or the local one only where it puts its "
-                        "held-out records clearly nearer their class prototypes (pfmh_model/search_choice.py; "
+                        "aggregate, the model it trained locally, or a 3:1 blend of the local one and the aggregate "
+                        "only where that puts its held-out records clearly nearer their class prototypes "
+                        "(pfmh_model/search_choice.py; "
                         "validated needs --val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")
@@ -128,7 +129,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        ("lr", "lr"), ("batch_size", "batch_size"), ("shared_lr_decay", "shared_lr_decay")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)
-    return dataclasses.replace(TrainConfig(), **overrides)
+    # The simulation has no DP, so "auto" weights are resolved for a federation without it (result.json shows them).
+    return dataclasses.replace(TrainConfig(), **overrides).resolved(dp=False)
 
 
 def _methods(text: str) -> list[Method | str]:

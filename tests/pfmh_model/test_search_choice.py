@@ -8,7 +8,7 @@ import torch
 from pfmh_model.errors import DataError
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.partition import hold_out, partition_dataset
-from pfmh_model.search_choice import SearchModel, choose_search_model, prototype_margin
+from pfmh_model.search_choice import LOCAL_BLEND, SearchModel, blend_states, choose_search_model, prototype_margin
 from pfmh_model.synthetic import generate
 from pfmh_model.training import TrainConfig
 
@@ -38,6 +38,21 @@ def test_prototype_margin_is_how_much_nearer_a_code_is_to_its_own_class() -> Non
         prototype_margin(codes, labels[:, :2], protos)
     with pytest.raises(DataError, match="bits"):
         prototype_margin(codes[:, :2], labels, protos)
+
+
+def test_blend_states_interpolates_every_float_entry_and_keeps_counts() -> None:
+    # Prepare: two states of one model (a weight and a BatchNorm batch count)
+    aggregate = {"w": torch.tensor([0.0, 4.0]), "num_batches_tracked": torch.tensor(3)}
+    local = {"w": torch.tensor([4.0, 0.0]), "num_batches_tracked": torch.tensor(7)}
+    # Execute
+    blend = blend_states(aggregate, local, 0.75)
+    # Assert: 3/4 of the way from the aggregate to the local model; counts are the local one's; inputs untouched
+    assert torch.equal(blend["w"], torch.tensor([3.0, 1.0])) and int(blend["num_batches_tracked"]) == 7
+    assert torch.equal(blend_states(aggregate, local, 0.0)["w"], aggregate["w"])
+    assert torch.equal(blend_states(aggregate, local, 1.0)["w"], local["w"])
+    assert torch.equal(aggregate["w"], torch.tensor([0.0, 4.0]))
+    with pytest.raises(DataError, match="keys differ"):
+        blend_states(aggregate, {"w": local["w"]}, 0.5)
 
 
 def test_the_local_model_must_win_by_more_than_the_noise() -> None:
@@ -79,10 +94,19 @@ def test_the_choice_changes_what_sites_search_with_not_what_they_train(split_sit
     local, validated = runs[SearchModel.LOCAL][1].rounds[-1], runs[SearchModel.VALIDATED][1].rounds[-1]
     assert local.search_models == ["local"] * 3
     assert validated.search_models is not None and len(validated.search_scores) == 3
-    # and a validated site's per-site mAP is that of the candidate its scores picked
+    # and a validated site searches with the candidate its scores picked: the aggregate, or the blend of
+    # the aggregate and the local model, never the local model as it is
+    validated_fed, local_fed = runs[SearchModel.VALIDATED][0], runs[SearchModel.LOCAL][0]
     for k, choice in enumerate(validated.search_models):
-        twin = local if choice == "local" else runs[SearchModel.AGGREGATE][1].rounds[-1]
-        assert validated.site_map[k] == pytest.approx(twin.site_map[k], abs=1e-12)
+        if choice == "aggregate":
+            assert validated_fed.search_states[k] is None
+            assert validated.site_map[k] == pytest.approx(runs[SearchModel.AGGREGATE][1].rounds[-1].site_map[k],
+                                                          abs=1e-12)
+            continue
+        blend = blend_states(finals[SearchModel.AGGREGATE], local_fed.search_states[k], LOCAL_BLEND)
+        for key, value in validated_fed.search_states[k].items():
+            assert torch.equal(value, blend[key]), key
+    assert "local" in validated.search_models  # the small sites' local training wins somewhere
 
 
 def test_validated_scores_are_each_candidates_prototype_margin(split_sites) -> None:
@@ -96,7 +120,7 @@ def test_validated_scores_are_each_candidates_prototype_margin(split_sites) -> N
                                                           share_mode=ShareMode.PROTOTYPES_AND_MODEL)).state.prototypes
     for k, val in enumerate(validation):
         trainer = local_run.trainers[k]
-        trainer.load_shared_state(local_run.search_states[k])
+        trainer.load_shared_state(blend_states(trainer.shared_state(), local_run.search_states[k], LOCAL_BLEND))
         local_aps = prototype_margin(trainer.encode(val, model="shared"), val.labels, round_prototypes)
         aggregate_aps = prototype_margin(aggregate_run.trainers[k].encode(val, model="shared"), val.labels,
                                          round_prototypes)
@@ -126,13 +150,16 @@ def test_worker_processes_choose_as_one_process_does(split_sites, select: bool) 
     # batched steps, so near-ties may break differently)
     for a, b in zip(runs[0].rounds, runs[1].rounds, strict=True):
         assert a.search_models == b.search_models
-        np.testing.assert_allclose(a.val_site_map, b.val_site_map, atol=1e-3)
+        # mAP of binary codes: 0.02, since a blended search model (``LOCAL_BLEND``) puts more codes near 0, where
+        # rounding flips a bit, and a site here has ~12 held-out records (seen: 0.012); the continuous scores
+        # below are held to 1e-3
+        np.testing.assert_allclose(a.val_site_map, b.val_site_map, atol=0.02)
         for run in runs if select else ():
             history = [rec.val_site_map for rec in run.rounds[:a.round]]
             chosen = run.rounds[a.round - 1].selected_round
             for k in range(len(sites)):
                 assert history[chosen[k] - 1][k] == max(h[k] for h in history)
-        np.testing.assert_allclose(a.site_map, b.site_map, atol=1e-3)
+        np.testing.assert_allclose(a.site_map, b.site_map, atol=0.02)
         np.testing.assert_allclose([x for pair in a.search_scores for x in pair],
                                    [x for pair in b.search_scores for x in pair], atol=1e-3)
 
