@@ -22,7 +22,7 @@ The local candidate of ``VALIDATED`` is not the local model itself but its blend
 interpolation of a fine-tuned model with the one it started from, as in WiSE-FT, Wortsman et al., CVPR
 2022). Both start from the previous aggregate, so the blend is a model between them. On ten Wiki runs
 (Dirichlet alpha 0.1 / 0.5 / 10, the reference partition, tf-idf; two seeds each, round 20) it raised
-per-site mAP by 0.008 on average (on 9 of 10 runs, by up to 0.018) and global mAP by 0.002 (-0.005 to
+per-site mAP by 0.009 on average (on 9 of 10 runs, by up to 0.018) and global mAP by 0.002 (-0.005 to
 +0.020) over choosing between the local model and the aggregate; docs/BENCHMARKS.md, "Searching with a
 blend of the local and the aggregated model".
 
