@@ -88,8 +88,8 @@ def _site(chain: str, dp: bool, sigma: float, tmp: Path, data, trial: int):  # n
                               statistics_encoder="frozen" if chain == "frozen" else "dp_sgd")
     settings = FederationSettings(federation_id="audit", image_dim=data.image_dim, text_dim=data.text_dim,
                                   num_classes=data.num_classes, train=TRAIN, privacy=privacy)
-    trainer = make_trainer(TRAIN, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
-                           batch_seed=trial, **LocalRelease.dp_models(settings))
+    trainer = make_trainer(settings.train, image_dim=data.image_dim, text_dim=data.text_dim,  # the plan's weights
+                           num_classes=data.num_classes, batch_seed=trial, **LocalRelease.dp_models(settings))
     frozen = load_frozen_encoder(trainer.personal, None, "") if dp and chain == "frozen" else None
     state = SitePrivacy(privacy, epsilon_max=1e9, ledger_path=tmp / f"ledger-{trial}.jsonl",
                         signing_key=SigningKey.generate(), site="audit")

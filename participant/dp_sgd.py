@@ -63,7 +63,7 @@ def _anchor_terms(codes: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, *,
 def _anchor_loss(trainer: SiteTrainer, prototypes: np.ndarray) -> PerRecordLoss:
     # A partial of a module-level function, so it can be sent to a site's other ranks (distributed_dp_sgd).
     cfg, p = trainer.config, torch.from_numpy(np.asarray(prototypes, dtype=np.float32)).to(trainer.device)
-    return functools.partial(_anchor_terms, p=p, contrastive=cfg.weights.contrastive,
+    return functools.partial(_anchor_terms, p=p, contrastive=cfg.weights.contrastive_weight,
                              quantization=cfg.weights.quantization, temperature=cfg.temperature)
 
 

@@ -234,7 +234,7 @@ def train_shared_together(trainers: Sequence[SiteTrainer], splits: Sequence[Reco
               "contrastive_global": None if global_prototypes is None else [global_prototypes] * len(trainers)}
     for key, arrays in protos.items():
         if arrays is not None:
-            weights[key] = w.contrastive
+            weights[key] = w.contrastive_weight
             extras[key] = per_site(f"{key} prototypes", arrays, (num_classes, cfg.bits), torch.float32)
     if class_masks is not None:
         extras["class_mask"] = per_site("class_mask", class_masks, (num_classes,), torch.bool)

@@ -66,6 +66,14 @@ class LossWeights:
                 also = f' or "{AUTO_WEIGHT}"' if name == "contrastive" else ""
                 raise OptionError(f"LossWeights.{name}={value!r} is invalid: need a finite number >= 0{also}")
 
+    @property
+    def contrastive_weight(self) -> float:
+        """``contrastive`` as the number training uses; ``"auto"`` must have been resolved (``resolved``)."""
+        if isinstance(self.contrastive, str):
+            raise OptionError('LossWeights.contrastive is still "auto": resolve the config first '
+                              "(TrainConfig.resolved(dp=...))")
+        return float(self.contrastive)
+
     def resolved(self, *, dp: bool) -> LossWeights:
         """These weights with ``contrastive = "auto"`` replaced by the weight for a federation with or without DP."""
         if self.contrastive != AUTO_WEIGHT:

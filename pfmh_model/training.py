@@ -273,7 +273,7 @@ class SiteTrainer:
                 if p.shape != (num_classes, self.config.bits):
                     raise DataError(f"{key} prototypes are {tuple(p.shape)}, expected "
                                     f"({num_classes}, {self.config.bits})")
-                terms[key] = (w.contrastive, _contrastive_term(p, mask, tau))
+                terms[key] = (w.contrastive_weight, _contrastive_term(p, mask, tau))
         n = self.config.shared_epochs if epochs is None else epochs
         self.start_shared_round()
         return self._run("shared", self.shared, self.shared_opt, split, n, progress, terms)

@@ -108,6 +108,8 @@ def test_auto_contrastive_weight_is_resolved_by_the_plans_dp_mode(tmp_path: Path
                    '[federation.train.weights]\ncontrastive = "strong"\n')
     # Assert: auto is 1 with DP and 3 without, the sites receive the number, and a named weight is kept
     assert TrainConfig().weights.contrastive == AUTO_WEIGHT
+    with pytest.raises(ValueError, match="still \"auto\""):  # training refuses an unresolved weight
+        _ = TrainConfig().weights.contrastive_weight
     assert dp_on.train.weights.contrastive == CONTRASTIVE_WITH_DP == 1.0
     assert dp_off.train.weights.contrastive == CONTRASTIVE_WITHOUT_DP == 3.0
     assert json.loads(dp_on.to_json())["train"]["weights"]["contrastive"] == 1.0
