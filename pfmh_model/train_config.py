@@ -150,8 +150,8 @@ class TrainConfig:
     def resolved(self, *, dp: bool) -> TrainConfig:
         """This config with its ``auto`` values replaced for a federation with (``dp``) or without DP.
 
-        The plan loaders call it (``federation.plan.FederationSettings``, ``federation.FederationConfig``); a
-        ``SiteTrainer`` built from an unresolved config resolves it without DP.
+        The plan loaders call it (``federation.plan.FederationSettings``, ``pfmh_model.federation.FederationConfig``,
+        ``simulate_cli``); a ``SiteTrainer`` built from an unresolved config resolves it without DP.
         """
         weights = self.weights.resolved(dp=dp)
         return self if weights is self.weights else replace(self, weights=weights)
