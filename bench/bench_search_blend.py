@@ -28,6 +28,7 @@ import torch
 
 from pfmh_model.data import load_h5
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode, site_and_global_map
+from pfmh_model.federation import _site_codes as codes_of  # the federation's own evaluation encoding
 from pfmh_model.partition import apply_partition, hold_out, load_partition, partition_indices
 from pfmh_model.search_choice import LOCAL_BLEND, SearchModel, blend_states, choose_search_model, prototype_margin
 from pfmh_model.synthetic import generate
@@ -42,10 +43,6 @@ class _KeepingCandidates(Federation):
         super()._choose_search_models(local_states, prototypes)
 
 
-def _codes(trainer, split) -> np.ndarray:  # noqa: ANN001
-    return trainer.encode(split, model="shared")
-
-
 def score_candidates(fed: _KeepingCandidates, weights: list[float]) -> dict[str, tuple[float, float]]:
     """Per-site mean and global mAP of every candidate after the round just run (the trainers hold the aggregate)."""
     locals_, prototypes = fed.kept
@@ -57,8 +54,8 @@ def score_candidates(fed: _KeepingCandidates, weights: list[float]) -> dict[str,
         for k, trainer in enumerate(fed.trainers):
             trainer.load_shared_state(blend_states(aggregates[k], locals_[k], w))
             site, val = fed.eval_sites[k], fed.validation[k]
-            codes[w].append((_codes(trainer, site.query), _codes(trainer, site.database)))
-            margins[w].append(prototype_margin(_codes(trainer, val), val.labels, prototypes) if len(val) else
+            codes[w].append((codes_of(trainer, site.query), codes_of(trainer, site.database)))
+            margins[w].append(prototype_margin(codes_of(trainer, val), val.labels, prototypes) if len(val) else
                               np.zeros(0))
             trainer.load_shared_state(aggregates[k])
     out = {}

@@ -83,6 +83,9 @@ class LocalRelease:
 
     def __init__(self, settings: FederationSettings, trainer: SiteTrainer, privacy: SitePrivacy,
                  layout: UploadLayout, *, frozen_encoder: HashNet | None = None) -> None:
+        if trainer.config != settings.train:  # e.g. a bare TrainConfig: "auto" weights resolved without DP
+            raise ValueError(f"the trainer's TrainConfig {trainer.config} is not the plan's {settings.train}: build "
+                             "it from settings.train (trainer_factory.make_trainer)")
         self.settings, self.trainer, self.privacy, self.layout = settings, trainer, privacy, layout
         p = settings.privacy
         self.dp = p.mode is not DPMode.OFF and settings.uses_prototypes

@@ -356,11 +356,12 @@ class SiteDaemon:
             choice, searching = chosen.model, chosen.state
             note = "" if chosen.local_score is None else \
                 f", prototype margin {chosen.local_score:.3f} local vs {chosen.aggregate_score:.3f} aggregate"
+            if searching is not None:  # the validated local candidate is a blend (search_choice.LOCAL_BLEND)
+                note = f" (blended with the aggregate){note}"
         if searching is not None:
             self.trainer.load_shared_state(searching)
         self.metrics.searches_with_local_model.set(int(choice is SearchModel.LOCAL))
-        blended = " (blended with the aggregate)" if searching is not None and searching is not local_state else ""
-        return f"; searching with the {choice.value} model{blended}{note}"
+        return f"; searching with the {choice.value} model{note}"
 
     # ------------------------------------------------------------------ evaluation, reports, index
     def evaluate(self) -> float | None:

@@ -32,8 +32,8 @@ TRAIN = {"bits": 16, "hidden": 32, "width": 16, "personal_epochs": 2, "shared_ep
 def make_release(tmp_path, name: str, privacy: PrivacySettings, data):  # noqa: ANN001, ANN201
     settings = FederationSettings(federation_id="f", image_dim=data.image_dim, text_dim=data.text_dim,
                                   num_classes=data.num_classes, train=TRAIN, privacy=privacy)
-    trainer = make_trainer(TRAIN, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
-                           batch_seed=1, **LocalRelease.dp_models(settings))
+    trainer = make_trainer(settings.train, image_dim=data.image_dim, text_dim=data.text_dim,
+                           num_classes=data.num_classes, batch_seed=1, **LocalRelease.dp_models(settings))
     key = SigningKey.generate()
     state = SitePrivacyState(privacy, epsilon_max=1e9, ledger_path=tmp_path / f"{name}.jsonl", signing_key=key,
                              site=name)
@@ -53,6 +53,20 @@ def personal_change(tmp_path, name: str, privacy: PrivacySettings, data) -> np.n
 def data():  # noqa: ANN201
     torch.set_num_threads(1)
     return generate("tiny", seed=5)
+
+
+def test_a_trainer_not_built_from_the_dp_plan_is_refused(tmp_path, data):
+    # Prepare: a DP plan (its "auto" prototype weight is 1) and a trainer from the bare options (weight 3)
+    settings = FederationSettings(federation_id="f", image_dim=data.image_dim, text_dim=data.text_dim,
+                                  num_classes=data.num_classes, train=TRAIN, privacy=PrivacySettings(mode="local"))
+    bare = make_trainer(TRAIN, image_dim=data.image_dim, text_dim=data.text_dim, num_classes=data.num_classes,
+                        **LocalRelease.dp_models(settings))
+    state = SitePrivacyState(settings.privacy, epsilon_max=1e9, ledger_path=tmp_path / "l.jsonl",
+                             signing_key=SigningKey.generate(), site="a")
+    # Assert: the release would train what the plan does not say, so it does not start
+    assert bare.config.weights.contrastive != settings.train.weights.contrastive
+    with pytest.raises(ValueError, match="is not the plan's"):
+        LocalRelease(settings, bare, state, UploadLayout(data.num_classes, TRAIN["bits"], 0))
 
 
 def test_ledger_plans_the_encoder_release_first(tmp_path, data):
@@ -136,7 +150,7 @@ def test_dp_sgd_runs_on_every_model_that_leaves_the_site(tmp_path, data, method,
         settings = FederationSettings(federation_id="f", image_dim=data.image_dim, text_dim=data.text_dim,
                                       num_classes=data.num_classes, train=TRAIN, privacy=privacy, method=method,
                                       share_mode=share_mode)
-        trainer = make_trainer(TRAIN, image_dim=data.image_dim, text_dim=data.text_dim,
+        trainer = make_trainer(settings.train, image_dim=data.image_dim, text_dim=data.text_dim,
                                num_classes=data.num_classes, batch_seed=1, method=method,
                                **LocalRelease.dp_models(settings))
         size = flatten_state(trainer.shared_state()).size if settings.shares_model else 0
