@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-multiplier", type=float, default=4.0,
                    help="sigma of the prototype-statistics noise (default: %(default)s)")
     p.add_argument("--dp-sgd-noise-multiplier", type=float, default=3.0,
-                   help="sigma of DP-SGD on the shared model, only with --share-mode prototypes+model "
-                        "(default: %(default)s)")
+                   help="sigma of DP-SGD on the encoder of the prototype statistics, and on the shared model "
+                        "when it is federated (default: %(default)s)")
     p.add_argument("--epsilon-max", type=float, default=8.0, help="each site's privacy budget (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, split and weights (default: %(default)s)")
     p.add_argument("--timeout-s", type=float, default=1200,

@@ -50,8 +50,8 @@ class SearchService:
 
     listen: str = "127.0.0.1:50061"
     client_ca: str = ""            # CA that certifies the clients allowed to search (need not be the federation's)
-    cert: str = ""                 # server certificate (needs the serverAuth usage: `pfmh-ca issue --role
-    key: str = ""                  # coordinator` from the site's own CA) and its key
+    cert: str = ""                 # server certificate (needs the serverAuth usage: `pfmh-ca issue
+    key: str = ""                  # --coordinator` from the site's own CA) and its key
     server_name: str = "localhost"  # only used by clients: a DNS name in the server certificate
     metrics_listen: str = ""       # "127.0.0.1:9466" exposes the search metrics; empty: off
     reload_s: float = 5.0          # how often it looks for a new model snapshot or archive generation

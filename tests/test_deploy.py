@@ -366,6 +366,11 @@ def test_dockerfile_copies_the_packages(compose: dict[str, Any]) -> None:
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages <= set(copied) and (COMPOSE / build["context"]).resolve() == REPO_ROOT
     assert (REPO_ROOT / build["dockerfile"]).is_file()
+    # BuildKit sends only what the ignore file lets through ("*", then "!name/" exceptions): a package
+    # copied but not let through fails the build at its COPY line.
+    ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    let_through = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert "*" in ignore and set(copied) <= let_through, sorted(set(copied) - let_through)
     assert "torch==2.13.0" in dockerfile and "torch==2.13.0" in pyproject["project"]["dependencies"]
 
 
