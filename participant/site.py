@@ -36,7 +36,7 @@ from pfmh_model.evaluation import mean_average_precision
 from pfmh_model.local_round import site_batch_seed
 from pfmh_model.methods import SearchModel, shared_lr_is_constant
 from pfmh_model.partition import hold_out
-from pfmh_model.search_choice import site_search_choice
+from pfmh_model.search_choice import SearchAverage, next_search_model, site_search_choice
 from pfmh_model.server_step import initial_prototypes
 from pfmh_model.trainer_factory import make_trainer
 from pfmh_model.training import flatten_state, unflatten_state
@@ -193,6 +193,11 @@ class SiteDaemon:
         self.secagg_config = secagg_config(settings, vector_length=self.layout.length)
         self.secagg = SecAggClient(self.cfg.site, signing_key=self.signing_key, config=self.secagg_config)
         self.after_round = self.completed_rounds = 0
+        # With the shared model federated: what this site searched with after its last finished round (None
+        # before one, and in prototype mode), and a validated site's average of its blends
+        # (search_choice.next_search_model).
+        self.searching: dict | None = None
+        self.search_average = SearchAverage()
         self._restore()
 
     def _restore(self) -> None:
@@ -205,13 +210,21 @@ class SiteDaemon:
         self.completed_rounds = int(progress.get("completed_rounds", 0))
         if progress.get("prototypes") is not None:
             self.prototypes = np.asarray(progress["prototypes"], dtype=np.float64)
+        # The snapshot's shared model is what the site searched with; snapshots from before the average start
+        # it afresh (nothing to refuse).
+        if self.settings.keeps_local_model and self.completed_rounds > 0:
+            self.searching = self.trainer.shared_state()
+        if progress.get("search_average") is not None:
+            self.search_average = SearchAverage(progress["search_average"],
+                                                int(progress.get("search_average_rounds", 0)))
         logger.info("%s resumed after round %d", self.cfg.site, self.after_round)
 
     def _checkpoint(self) -> None:
         # One file, so the round counter and prototypes can never disagree with the weights.
         self.trainer.save_snapshot(self.state_dir / "trainer.pt", extra={
             "after_round": self.after_round, "completed_rounds": self.completed_rounds,
-            "prototypes": self.prototypes.tolist()})
+            "prototypes": self.prototypes.tolist(), "search_average": self.search_average.state,
+            "search_average_rounds": self.search_average.rounds})
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
@@ -243,6 +256,7 @@ class SiteDaemon:
                 raise
             except Stopped:  # mid-round: this site takes no further part in the round
                 self.secagg.abort()
+                self._restore_search_model()
                 break
             except BudgetExceeded as exc:
                 logger.error("%s stops uploading: %s", self.cfg.site, exc)
@@ -253,6 +267,7 @@ class SiteDaemon:
                 break
             except (RoundAbandoned, SecurityError) as exc:
                 self.secagg.abort()
+                self._restore_search_model()
                 self.metrics.rounds.labels("abandoned").inc()
                 logger.warning("%s: round %d abandoned: %s", self.cfg.site, config.round, exc)
                 self.on_round(RoundReport(config.round, False, None, self.privacy.spent, 0, 0, 0.0, str(exc)))
@@ -347,21 +362,30 @@ class SiteDaemon:
                                   f"{len(result.survivors)} survivors{searching}"))
 
     def _choose_search_model(self, local_state: dict, prototypes: np.ndarray) -> str:
-        """Keep the aggregate or load this round's locally trained model for searching (the next round's offer
-        brings the aggregate back for training). Returns a note for the round report."""
+        """Load what this site searches with until the next round: its local model (``search_model = "local"``),
+        or its validated choice, the aggregate or the average of its blends over the rounds (the next round's
+        offer brings the aggregate back for training). Returns a note for the round report."""
         if self.settings.search_model is SearchModel.LOCAL:
             choice, searching, note = SearchModel.LOCAL, local_state, ""
         else:
             chosen = site_search_choice(self.trainer, local_state, self.validation, prototypes)
-            choice, searching = chosen.model, chosen.state
+            choice = chosen.model
             note = "" if chosen.local_score is None else \
                 f", prototype margin {chosen.local_score:.3f} local vs {chosen.aggregate_score:.3f} aggregate"
+            searching, self.search_average = next_search_model(self.search_average, chosen)
             if searching is not None:  # the validated local candidate is a blend (search_choice.LOCAL_BLEND)
-                note = f" (blended with the aggregate){note}"
+                note = f" (blended with the aggregate, averaged over {self.search_average.rounds} rounds){note}"
         if searching is not None:
             self.trainer.load_shared_state(searching)
+        self.searching = self.trainer.shared_state()
         self.metrics.searches_with_local_model.set(int(choice is SearchModel.LOCAL))
         return f"; searching with the {choice.value} model{note}"
+
+    def _restore_search_model(self) -> None:
+        """After a round cut short, search with the model of the last finished round again, not with the one
+        training left half-way (the next round's offer brings the aggregate for training)."""
+        if self.searching is not None:
+            self.trainer.load_shared_state(self.searching)
 
     # ------------------------------------------------------------------ evaluation, reports, index
     def evaluate(self) -> float | None:

@@ -58,7 +58,14 @@ from pfmh_model.methods import (
     resolve_share_mode,
     shared_lr_is_constant,
 )
-from pfmh_model.search_choice import DEFAULT_SEARCH_MODEL, SearchModel, site_search_choice
+from pfmh_model.search_choice import (
+    DEFAULT_SEARCH_MODEL,
+    SEARCH_AVERAGE,
+    SearchAverage,
+    SearchModel,
+    next_search_model,
+    site_search_choice,
+)
 from pfmh_model.server_step import aggregator, initial_prototypes
 from pfmh_model.site_workers import SiteWorkers
 from pfmh_model.training import SiteTrainer, TrainConfig, flatten_state, unflatten_state
@@ -87,6 +94,9 @@ class FederationConfig:
     # aggregate or the one it trained locally (``pfmh_model.search_choice``). Ignored where the model is
     # not shared: such a site has one shared model.
     search_model: SearchModel = DEFAULT_SEARCH_MODEL
+    # With ``search_model`` validated: the cap on the weight of a site's earlier blends in the average it
+    # searches with (``search_choice.next_search_model``); 0 searches with each round's blend alone.
+    search_average: float = SEARCH_AVERAGE
 
     def __post_init__(self) -> None:
         check_device_spec(self.device)
@@ -99,6 +109,8 @@ class FederationConfig:
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if not 0.0 <= self.search_average < 1.0:
+            raise ConfigError(f"search_average must lie in [0, 1), got {self.search_average}")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
 
@@ -179,9 +191,11 @@ class Federation:
             raise ConfigError("select_on_validation validates every round: use eval_every=1")
         self.validation = validation
         self.best: list[tuple[float, int, dict] | None] = [None] * len(sites)
-        # Per site, the locally trained shared state it searches with instead of the aggregate (None: the
-        # aggregate), and this round's choice (``_choose_search_models``).
+        # Per site, the shared state it searches with instead of the aggregate (None: the aggregate; validated:
+        # the average of its blends over the rounds), that average (``search_choice.next_search_model``), and
+        # this round's choice (``_choose_search_models``).
         self.search_states: list[dict | None] = [None] * len(sites)
+        self.search_averages: list[SearchAverage] = [SearchAverage()] * len(sites)
         self.search_choice: tuple[list[str], list[tuple[float | None, float | None]] | None] | None = None
         # This round's locally trained shared states and the prototypes they trained towards, kept by
         # ``local_work`` until ``load_shared_model`` brings the aggregate (FederationConfig.keeps_local_model).
@@ -308,7 +322,8 @@ class Federation:
         for k, (trainer, local) in enumerate(zip(self.trainers, local_states, strict=True)):
             val = self.validation[k] if self.validation is not None else None
             choice = site_search_choice(trainer, local, val, prototypes)
-            self.search_states[k] = choice.state
+            self.search_states[k], self.search_averages[k] = next_search_model(
+                self.search_averages[k], choice, cap=self.config.search_average)
             choices.append(choice.model.value)
             scores.append((choice.local_score, choice.aggregate_score))
         self.search_choice = (choices, scores)

@@ -42,6 +42,7 @@ from pfmh_model.partition import (
     save_partition,
 )
 from pfmh_model.plots import plot_run
+from pfmh_model.search_choice import SEARCH_AVERAGE
 from pfmh_model.synthetic import PRESETS, generate
 from pfmh_model.threads import DEFAULT_THREADS, set_threads
 from pfmh_model.training import TrainConfig
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "only where that puts its held-out records clearly nearer their class prototypes "
                         "(pfmh_model/search_choice.py; "
                         "validated needs --val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
+    p.add_argument("--search-average", type=float, default=SEARCH_AVERAGE, metavar="CAP",
+                   help="with --search-model validated, each site searches with the average of its choices over "
+                        "the rounds, round r weighing r and the rounds before at most CAP (0: each round's "
+                        "choice alone; pfmh_model/search_choice.py; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")
@@ -191,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
                      "alpha": None if args.partition else args.alpha, "seed": args.seed,
                      "partition": str(args.partition) if args.partition else None,
                      "val_fraction": args.val_fraction, "select_on_validation": args.select_on_validation,
-                     "search_model": args.search_model,
+                     "search_model": args.search_model, "search_average": args.search_average,
                      "train_config": _jsonable(dataclasses.asdict(train_cfg)), "methods": {}}
     curves, prs = {}, {}
     for method in methods:
@@ -205,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
                                train=train_cfg, eval_every=1 if select else args.eval_every,
                                sites_together=not args.one_site_at_a_time, device=args.device,
                                workers=workers, select_on_validation=select,
-                               search_model=SearchModel(args.search_model))
+                               search_model=SearchModel(args.search_model), search_average=args.search_average)
         print(f"\n== {method.value}: {args.rounds} rounds, {args.bits} bits, "
               f"{train_cfg.personal_epochs}+{train_cfg.shared_epochs} local epochs")
         started = time.perf_counter()

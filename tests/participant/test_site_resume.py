@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from federation.plan import FederationSettings
@@ -15,11 +16,12 @@ SITES = ["site-a", "site-b"]
 TRAIN = {"bits": 8, "hidden": 16, "width": 8, "personal_epochs": 1, "shared_epochs": 1, "seed": 4}
 
 
-def test_restarted_daemon_restores_round_prototypes_and_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("share_mode", ["prototypes", "prototypes+model"])
+def test_restarted_daemon_restores_round_prototypes_and_weights(tmp_path: Path, share_mode: str) -> None:
     # Prepare: a two-round federation run to the end by real daemons
     torch.set_num_threads(1)
     first = write_site_files(tmp_path, SITES, seed=6)[0]
-    cfg = coordinator_config(tmp_path, SITES, rounds=2, train=TRAIN,
+    cfg = coordinator_config(tmp_path, SITES, rounds=2, train=TRAIN, share_mode=share_mode,
                              dims=(first.image_dim, first.text_dim, first.num_classes))
     cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5))
     with coordinator(tmp_path, cfg) as (port, engine):
@@ -39,6 +41,28 @@ def test_restarted_daemon_restores_round_prototypes_and_weights(tmp_path: Path) 
         assert after.after_round == before.after_round == 2
         np.testing.assert_array_equal(after.prototypes, before.prototypes)
         assert np.abs(after.prototypes).sum() > 0
+        # with the model federated, the validated search model (the average of its choices over both rounds)
+        # and its round count; with prototypes only, a site has one shared model and nothing to average
+        if share_mode == "prototypes":
+            assert before.searching is after.searching is None and after.search_average.state is None
+        else:
+            # what it searched with, and a validated site's average of its blends (search_choice.next_search_model)
+            assert before.settings.keeps_local_model
+            assert after.search_average.rounds == before.search_average.rounds
+            for name in ("searching", "search_average"):
+                mine, restored = getattr(before, name), getattr(after, name)
+                mine, restored = (mine.state, restored.state) if name == "search_average" else (mine, restored)
+                assert (mine is None) == (restored is None)
+                for key, value in (mine or {}).items():
+                    assert torch.equal(value, restored[key]), (name, key)
+            # a round cut short after training leaves it searching with the last finished round's model again
+            after.trainer.train_shared(after.data.train, prototypes=after.prototypes,
+                                       global_prototypes=after.prototypes, epochs=1)
+            trained = after.trainer.shared_state()
+            assert not all(torch.equal(trained[k], v) for k, v in after.searching.items())
+            after._restore_search_model()
+            for key, value in after.trainer.shared_state().items():
+                assert torch.equal(value, after.searching[key]), key
         for model in ("personal", "shared"):
             np.testing.assert_array_equal(after.trainer.encode(after.data.query, model=model),
                                           before.trainer.encode(before.data.query, model=model))

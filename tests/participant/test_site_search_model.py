@@ -28,9 +28,19 @@ def test_a_site_searches_with_the_model_its_federation_names(tmp_path: Path, sea
     cfg = replace(cfg, server=replace(cfg.server, gather_s=0.5),
                   federation=replace(cfg.federation, search_model=search_model))
     reports: dict[str, list] = {name: [] for name in SITES}
+    searched_after: dict[str, list[np.ndarray]] = {name: [] for name in SITES}  # the model loaded after each round
+    daemons: list = []
+
+    def on_round(name: str):  # noqa: ANN202
+        def record(report) -> None:  # noqa: ANN001
+            reports[name].append(report)
+            daemon = daemons[SITES.index(name)]
+            searched_after[name].append(flatten_state(daemon.trainer.shared_state()))
+        return record
+
     # Execute
     with coordinator(tmp_path, cfg) as (port, engine):
-        daemons = [site_daemon(tmp_path, name, port, on_round=reports[name].append) for name in SITES]
+        daemons.extend(site_daemon(tmp_path, name, port, on_round=on_round(name)) for name in SITES)
         assert run_daemons(daemons, 300) == [0, 0, 0]
         aggregate = engine.state.shared_model.astype(np.float32)
     # Assert: the model each site's archive and search use is the aggregate or the site's own, as named
@@ -49,12 +59,24 @@ def test_a_site_searches_with_the_model_its_federation_names(tmp_path: Path, sea
         expected = "local" if search_model == "local" or "searching with the local model" in last.detail \
             else "aggregate"
         assert f"searching with the {expected} model" in last.detail
-        assert is_aggregate == (expected == "aggregate")
         assert daemon.metrics.searches_with_local_model._value.get() == (expected == "local")
+        np.testing.assert_allclose(searched, searched_after[name][-1], atol=1e-6)  # the snapshot holds it
         if search_model == "local":
+            assert not is_aggregate
             assert daemon.validation is None  # nothing to decide, so nothing held out
         if search_model == "validated":
             # it held out a tenth of its training records (the simulation's rows) and scored both candidates
             assert "prototype margin" in last.detail
             assert len(daemon.validation) == max(2, round(0.1 * len(part.train)))
             assert len(daemon.data.train) + len(daemon.validation) == len(part.train)
+            # a blend is searched with as the average of the site's blends so far, round 2's weighing twice round
+            # 1's (search_choice.next_search_model); the aggregate as it is
+            blends = sum("searching with the local model" in r.detail for r in reports[name])
+            assert daemon.search_average.rounds == blends
+            assert is_aggregate == (expected == "aggregate")
+            if expected == "local":
+                assert f"averaged over {blends} rounds" in last.detail
+                np.testing.assert_allclose(flatten_state(daemon.search_average.state), searched, atol=1e-6)
+            if blends == 2:
+                first, now = searched_after[name]
+                assert not np.allclose(now, first, atol=1e-4)

@@ -8,7 +8,17 @@ import torch
 from pfmh_model.errors import DataError
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.partition import hold_out, partition_dataset
-from pfmh_model.search_choice import LOCAL_BLEND, SearchModel, blend_states, choose_search_model, prototype_margin
+from pfmh_model.search_choice import (
+    LOCAL_BLEND,
+    SEARCH_AVERAGE,
+    SearchAverage,
+    SearchChoice,
+    SearchModel,
+    blend_states,
+    choose_search_model,
+    next_search_model,
+    prototype_margin,
+)
 from pfmh_model.synthetic import generate
 from pfmh_model.training import TrainConfig
 
@@ -72,17 +82,50 @@ def test_the_local_model_must_win_by_more_than_the_noise() -> None:
         choose_search_model(np.zeros(3), np.zeros(4))
 
 
-def _run(sites, validation, search_model: SearchModel, rounds: int = 3):  # noqa: ANN001, ANN202
+def test_the_average_weighs_each_blend_by_its_number_up_to_the_cap() -> None:
+    # Prepare: one weight; rounds 1..7 pick the blends 1, 2, 3, 4 with the aggregate in between
+    def blend(r: float) -> SearchChoice:
+        return SearchChoice(SearchModel.LOCAL, {"w": torch.tensor([float(r)]), "num_batches_tracked": torch.tensor(r)},
+                            None, None)
+    kept = SearchChoice(SearchModel.AGGREGATE, None, None, None)
+    # Execute
+    average, seen = SearchAverage(), []
+    for chosen in (blend(1), kept, blend(2), blend(3), kept, kept, blend(4)):
+        before = average
+        searched, average = next_search_model(average, chosen)
+        if chosen is kept:  # the aggregate as it is; the average waits for the next blend
+            assert searched is None and average is before
+        else:
+            assert searched is average.state
+            seen.append(float(searched["w"]))
+    # Assert: the blends weigh 1 : 2 : 3 : 4 (the 4th's w = 3 / 5 < 0.8), i.e. (1 + 4 + 9 + 16) / 10 = 3 after
+    # the 4th; from the 9th on (w = 8 / 10) the cap binds
+    linear = [sum(i * i for i in range(1, r + 1)) / sum(range(1, r + 1)) for r in range(1, 5)]
+    np.testing.assert_allclose(seen, linear, rtol=1e-6)
+    assert average.rounds == 4 and int(average.state["num_batches_tracked"]) == 4  # counts are this blend's
+    # the cap: an average of 10 blends keeps SEARCH_AVERAGE of itself (not 10 / 12); 0 is the blend alone
+    ten = SearchAverage({"w": torch.tensor([0.0]), "num_batches_tracked": torch.tensor(0)}, 10)
+    step, after = next_search_model(ten, blend(1))
+    assert float(step["w"]) == pytest.approx(1 - SEARCH_AVERAGE) and after.rounds == 11
+    chosen = blend(7)
+    alone, _ = next_search_model(ten, chosen, cap=0.0)
+    assert float(alone["w"]) == 7.0 and alone["w"] is not chosen.state["w"]
+    with pytest.raises(DataError, match=r"\[0, 1\)"):
+        next_search_model(ten, chosen, cap=1.0)
+
+
+def _run(sites, validation, search_model: SearchModel, rounds: int = 3, *,  # noqa: ANN001, ANN202
+         search_average: float = SEARCH_AVERAGE, on_round=None):  # noqa: ANN001
     cfg = FederationConfig(method=Method.PFMH, share_mode=ShareMode.PROTOTYPES_AND_MODEL, rounds=rounds, train=TRAIN,
-                           search_model=search_model)
+                           search_model=search_model, search_average=search_average)
     federation = Federation(sites, cfg, validation=validation)
-    return federation, federation.run()
+    return federation, federation.run(on_round=on_round)
 
 
 def test_the_choice_changes_what_sites_search_with_not_what_they_train(split_sites) -> None:
-    # Prepare / Execute: one run per search model, same seeds
+    # Prepare / Execute: one run per search model, same seeds; each round's choice alone (no average)
     sites, validation = split_sites
-    runs = {m: _run(sites, validation, m) for m in SearchModel}
+    runs = {m: _run(sites, validation, m, search_average=0.0) for m in SearchModel}
     # Assert: training and uploads are the same (the aggregate is what trains on) ...
     finals = {m: fed.trainers[0].shared_state() for m, (fed, _) in runs.items()}
     for m in SearchModel:
@@ -107,6 +150,40 @@ def test_the_choice_changes_what_sites_search_with_not_what_they_train(split_sit
         for key, value in validated_fed.search_states[k].items():
             assert torch.equal(value, blend[key]), key
     assert "local" in validated.search_models  # the small sites' local training wins somewhere
+
+
+def test_a_validated_site_searches_with_the_average_of_its_blends_over_the_rounds(split_sites) -> None:
+    # Prepare: each round's choices, from a run that searches with them alone (training is the same)
+    sites, validation = split_sites
+    single = Federation(sites, FederationConfig(method=Method.PFMH, share_mode=ShareMode.PROTOTYPES_AND_MODEL,
+                                                rounds=3, train=TRAIN, search_average=0.0), validation=validation)
+    blends: list[list[dict]] = [[] for _ in sites]  # per site, the blends it picked, in round order
+    last: list[bool] = []
+
+    def keep(record) -> None:  # noqa: ANN001
+        for k, state in enumerate(single.search_states):
+            if state is not None:
+                blends[k].append(dict(state))
+        last[:] = [state is not None for state in single.search_states]
+    single.run(on_round=keep)
+    # Execute: the default run
+    averaged, result = _run(sites, validation, SearchModel.VALIDATED, rounds=3)
+    # Assert: a site whose last pick is a blend searches with (1 x its 1st blend + 2 x its 2nd + ...) / (1 + 2 +
+    # ...); one whose last pick is the aggregate searches with the aggregate; rounds that kept the aggregate
+    # are not in the average
+    assert [a.rounds for a in averaged.search_averages] == [len(b) for b in blends]
+    assert any(len(b) >= 2 for b in blends)  # the average is exercised
+    for k in range(len(sites)):
+        if not last[k]:
+            assert averaged.search_states[k] is None
+            continue
+        weights = range(1, len(blends[k]) + 1)
+        for key, value in averaged.search_states[k].items():
+            if value.is_floating_point():
+                expected = sum(w * b[key] for w, b in zip(weights, blends[k], strict=True)) / sum(weights)
+                torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+    assert result.rounds[-1].site_map != _run(sites, validation, SearchModel.VALIDATED, rounds=3,
+                                              search_average=0.0)[1].rounds[-1].site_map
 
 
 def test_validated_scores_are_each_candidates_prototype_margin(split_sites) -> None:
