@@ -6,7 +6,7 @@ Methods (``Method``):
   shared model in ``prototypes+model`` mode) -> aggregate -> broadcast (PFMH.md, one round). With the
   shared model federated (``share_mode`` auto resolves to it here, as there is no DP in-process), each
   site then searches with the aggregate or the model it trained this round (``search_model``,
-  ``pfmh_model.search_choice``).
+  ``pfmh_model.search_choice``; validated: the aggregate or the average of its blends over the rounds).
 - ``fedavg``: one shared model per site trained with L_sim + L_q, FedAvg each round, no prototypes.
 - ``local``: as fedavg without any aggregation (each site alone).
 - ``centralized``: PFMH on the pooled training data of all sites (one site), the upper reference.

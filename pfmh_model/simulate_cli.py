@@ -90,13 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-model", default=DEFAULT_SEARCH_MODEL.value, choices=[m.value for m in SearchModel],
                    help="with --share-mode prototypes+model, what each site searches with after a round: the "
                         "aggregate, the model it trained locally, or a 3:1 blend of the local one and the aggregate "
-                        "only where that puts its held-out records clearly nearer their class prototypes "
-                        "(pfmh_model/search_choice.py; "
+                        "only where that puts its held-out records clearly nearer their class prototypes, averaged "
+                        "over the rounds it was picked (--search-average; pfmh_model/search_choice.py; "
                         "validated needs --val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
     p.add_argument("--search-average", type=float, default=SEARCH_AVERAGE, metavar="CAP",
-                   help="with --search-model validated, each site searches with the average of its choices over "
-                        "the rounds, round r weighing r and the rounds before at most CAP (0: each round's "
-                        "choice alone; pfmh_model/search_choice.py; default: %(default)s)")
+                   help="with --search-model validated, a site that picks the blend searches with the average "
+                        "of its blends over the rounds, its r-th blend weighing r and the ones before together "
+                        "at most CAP (0: each round's blend alone; the daemons use the default; "
+                        "pfmh_model/search_choice.py; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N rounds (default: %(default)s)")

@@ -28,10 +28,13 @@ def test_restarted_daemon_restores_round_prototypes_and_weights(tmp_path: Path, 
         daemons = [site_daemon(tmp_path, name, port) for name in SITES]
         assert run_daemons(daemons, 120) == [0, 0]
         assert engine.state.completed_rounds == 2
-    before = daemons[0]
-    state = tmp_path / "state" / SITES[0]
+    # the site with the most blends in its search average (with prototypes only, both have none)
+    pick = max(range(len(SITES)), key=lambda i: daemons[i].search_average.rounds)
+    before = daemons[pick]
+    assert (before.search_average.rounds > 0) == (share_mode == "prototypes+model")  # the average is exercised
+    state = tmp_path / "state" / SITES[pick]
     # Execute: a new daemon for the same site, set up from the settings it saved (no coordinator needed)
-    after = site_daemon(tmp_path, SITES[0], port)
+    after = site_daemon(tmp_path, SITES[pick], port)
     after.site_index = before.site_index  # what Join would have told it
     after._setup(FederationSettings.from_json((state / "settings.json").read_text()))
     try:
