@@ -126,7 +126,8 @@ def next_search_model(average: SearchAverage, choice: SearchChoice, *,
       to ``r`` (1 : 2 : 3 ...), so the first, poorly trained rounds fade; past ``cap`` the average decays
       exponentially. ``cap`` 0 searches with this round's blend alone.
 
-    Every entry returned is a copy: nothing aliases the inputs.
+    The state returned is the new average's own (one object, which nothing mutates); neither aliases the
+    inputs.
     """
     if not 0.0 <= cap < 1.0:
         raise DataError(f"the averaging cap must lie in [0, 1), not {cap}")
