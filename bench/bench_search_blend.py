@@ -48,6 +48,16 @@ from pfmh_model.synthetic import generate
 from pfmh_model.training import TrainConfig
 
 
+def _margins(trainer, val, prototypes: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """The held-out records' prototype margins under the shared model the trainer holds (none: empty)."""
+    return prototype_margin(codes_of(trainer, val), val.labels, prototypes) if len(val) else np.zeros(0)
+
+
+def _picks_blend(blend: np.ndarray, aggregate: np.ndarray) -> bool:
+    """The validated rule, re-derived here from the margins (not through ``site_search_choice``)."""
+    return len(aggregate) >= 2 and choose_search_model(blend, aggregate) is SearchModel.LOCAL
+
+
 class _KeepingCandidates(Federation):
     """A federation that keeps each round's local states and prototypes for the scoring below, and replays
     the validated rule with its average over the rounds (``replayed``, one state per site)."""
@@ -66,11 +76,9 @@ class _KeepingCandidates(Federation):
             margins = []
             for state in (aggregate, blend):
                 trainer.load_shared_state(state)
-                margins.append(prototype_margin(codes_of(trainer, val), val.labels, self.kept[1]) if len(val) else
-                               np.zeros(0))
+                margins.append(_margins(trainer, val, self.kept[1]))
             trainer.load_shared_state(aggregate)
-            pick = SearchChoice(SearchModel.LOCAL, blend, None, None) if len(margins[0]) >= 2 and \
-                choose_search_model(margins[1], margins[0]) is SearchModel.LOCAL else \
+            pick = SearchChoice(SearchModel.LOCAL, blend, None, None) if _picks_blend(margins[1], margins[0]) else \
                 SearchChoice(SearchModel.AGGREGATE, None, None, None)
             self.replayed[k], self.replay_averages[k] = next_search_model(self.replay_averages[k], pick,
                                                                           cap=self.config.search_average)
@@ -88,8 +96,7 @@ def score_candidates(fed: _KeepingCandidates, weights: list[float]) -> dict[str,
             trainer.load_shared_state(blend_states(aggregates[k], locals_[k], w))
             site, val = fed.eval_sites[k], fed.validation[k]
             codes[w].append((codes_of(trainer, site.query), codes_of(trainer, site.database)))
-            margins[w].append(prototype_margin(codes_of(trainer, val), val.labels, prototypes) if len(val) else
-                              np.zeros(0))
+            margins[w].append(_margins(trainer, val, prototypes))
             trainer.load_shared_state(aggregates[k])
     replayed = []
     for k, trainer in enumerate(fed.trainers):
@@ -104,9 +111,7 @@ def score_candidates(fed: _KeepingCandidates, weights: list[float]) -> dict[str,
     for w in weights:
         if w == 0.0:
             continue
-        picks = [w if len(margins[0.0][k]) >= 2 and
-                 choose_search_model(margins[w][k], margins[0.0][k]) is SearchModel.LOCAL else 0.0
-                 for k in range(len(fed.trainers))]
+        picks = [w if _picks_blend(margins[w][k], margins[0.0][k]) else 0.0 for k in range(len(fed.trainers))]
         out[f"validated: aggregate or blend {w:g}"] = site_and_global_map(
             [codes[p][k] for k, p in enumerate(picks)], fed.eval_sites)[1:]
     return out

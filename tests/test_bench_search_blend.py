@@ -12,19 +12,22 @@ from pfmh_model.search_choice import LOCAL_BLEND
 
 
 def test_the_benchmarks_validated_row_is_what_the_federation_searched_with(tmp_path: Path) -> None:
-    # Execute: two rounds of a three-site tiny federation, scored after both
+    # Execute: three rounds of a three-site tiny federation, scored after each
     out = tmp_path / "scores.json"
-    assert main(["--data", "synthetic:tiny", "--sites", "3", "--alpha", "0.5", "--rounds", "2", "--at", "1", "2",
+    assert main(["--data", "synthetic:tiny", "--sites", "3", "--alpha", "0.5", "--rounds", "3", "--at", "1", "2", "3",
                  "--bits", "16", "--epochs", "1", "--json", str(out)]) == 0
     # Assert: what the federation searched with (the validated choice, blend LOCAL_BLEND, averaged over the
-    # rounds) equals the benchmark's replay of it; after round 1 there is nothing to average yet
+    # rounds) equals the benchmark's replay of it; after round 1 there is nothing to average yet, and by round 3
+    # a site has averaged two blends, so the averaged rows differ from this round's pick alone
     scores = json.loads(out.read_text())["scores"]
-    assert sorted(scores) == ["1", "2"]
+    assert sorted(scores) == ["1", "2", "3"]
     for r, row in scores.items():
         run = row[f"run (validated, blend {LOCAL_BLEND:g}, averaged)"]
         assert run == pytest.approx(row[f"validated: blend {LOCAL_BLEND:g}, averaged over rounds"], abs=1e-12)
         if r == "1":
             assert run == pytest.approx(row[f"validated: aggregate or blend {LOCAL_BLEND:g}"], abs=1e-12)
+        if r == "3":
+            assert run != pytest.approx(row[f"validated: aggregate or blend {LOCAL_BLEND:g}"], abs=1e-6)
         assert {f"every site: blend {w:g}" for w in (0.0, 0.25, 0.5, LOCAL_BLEND, 1.0)} <= set(row)
         assert all(0.0 <= v <= 1.0 for pair in row.values() for v in pair)
 
