@@ -130,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, LOCAL_BLEND, 1.0],
                    help="the local model's weights in the blends (default: 0 0.25 0.5 LOCAL_BLEND 1)")
     p.add_argument("--search-average", type=float, default=SEARCH_AVERAGE,
-                   help="the federation's cap on the weight of the rounds before (default: %(default)s; 0: none)")
+                   help="the federation's cap on the weight of the rounds before (default: %(default)s, the mean "
+                        "of every blend; 0: this round's blend alone)")
     p.add_argument("--epochs", type=int, default=None, help="personal and shared epochs (default: TrainConfig's)")
     p.add_argument("--json", type=Path, default=None, help="also write the scores to this JSON file")
     args = p.parse_args(argv)
     if any(not 0.0 <= w <= 1.0 for w in args.weights):
         p.error("--weights must lie in [0, 1]")
-    if not 0.0 <= args.search_average < 1.0:
-        p.error("--search-average must lie in [0, 1)")
+    if not 0.0 <= args.search_average <= 1.0:
+        p.error("--search-average must lie in [0, 1]")
     torch.set_num_threads(1)
     dataset = generate(args.data.split(":", 1)[1], seed=args.seed) if args.data.startswith("synthetic:") \
         else load_h5(args.data)

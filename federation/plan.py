@@ -191,8 +191,8 @@ class FederationSettings:
             (``methods.resolve_share_mode``: prototypes+model for pfmh without DP, else prototypes).
         search_model: with pfmh and ``prototypes+model``, what a site searches with after a round:
             ``aggregate``, ``local`` or ``validated`` (``pfmh_model.search_choice``; a validated site searches
-            with the average of its blends over the rounds, ``search_choice.next_search_model``, at the default
-            cap ``SEARCH_AVERAGE``).
+            with the mean of the blends it picked over the rounds, ``search_choice.next_search_model``, at the
+            default cap ``SEARCH_AVERAGE``, none).
         validation_fraction: the share of its training records such a site holds out to decide it (0..0.5).
         rounds: federated rounds to run.
         min_sites: the fewest sites a round starts with (at most the enrolled sites).

@@ -95,7 +95,8 @@ class FederationConfig:
     # not shared: such a site has one shared model.
     search_model: SearchModel = DEFAULT_SEARCH_MODEL
     # With ``search_model`` validated: the cap on the weight of a site's earlier blends in the average it
-    # searches with (``search_choice.next_search_model``); 0 searches with each round's blend alone.
+    # searches with (``search_choice.next_search_model``); 1 (the default) is the mean of every blend, 0
+    # searches with each round's blend alone.
     search_average: float = SEARCH_AVERAGE
 
     def __post_init__(self) -> None:
@@ -109,8 +110,8 @@ class FederationConfig:
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
-        if not 0.0 <= self.search_average < 1.0:
-            raise ConfigError(f"search_average must lie in [0, 1), got {self.search_average}")
+        if not 0.0 <= self.search_average <= 1.0:
+            raise ConfigError(f"search_average must lie in [0, 1], got {self.search_average}")
         if self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
 

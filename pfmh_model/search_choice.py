@@ -27,13 +27,15 @@ per-site mAP by 0.009 on average (on 9 of 10 runs, by up to 0.018) and global mA
 blend of the local and the aggregated model".
 
 Where the rule picks the blend, the site does not search with this round's blend alone but with the
-average of its blends over the rounds (``next_search_model``): the ``r``-th blend weighs in proportion to
-``r``, the weight of the ones before capped at ``SEARCH_AVERAGE`` (Polyak-Ruppert averaging with polynomial
-decay, Shamir & Zhang, ICML 2013; the idea of SWA, Izmailov et al. 2018). A skewed site's mAP moves by about
-0.01 from round to round as it re-trains on its few records, and the average keeps what the rounds agree
-on. Where the rule keeps the aggregate the site searches with it as it is: averaging the aggregates too
-cost 0.011 per-site on Wiki at alpha 10, where the aggregate still improves every round. docs/BENCHMARKS.md,
-"Searching with an average of the blends over the rounds".
+mean of every blend it has picked so far (``next_search_model``; stochastic weight averaging, Izmailov et
+al. 2018, over the rounds). A skewed site's mAP moves by about 0.01 from round to round as it re-trains on
+its few records, and from round 10 on its blends no longer improve; the mean keeps what the rounds agree on
+and keeps gaining as it grows. An average that forgot its old blends (the previous default weighed the r-th
+blend by r and capped the weight of the ones before at 0.8) fell from round 10 to round 20 at Dirichlet
+alpha 0.1 as the recent blends did. Where the rule keeps the aggregate the site searches with it as it is:
+averaging the aggregates too cost 0.011 per-site on Wiki at alpha 10, where the aggregate still improves
+every round. docs/BENCHMARKS.md, "Searching with an average of the blends over the rounds" and "The mean of
+every blend".
 
 The score (``prototype_margin``) is how much nearer, in cosine similarity, a held-out record's code is to
 the prototype of its own class than to any other class's, measured against the class prototypes both
@@ -79,12 +81,14 @@ LOCAL_WINS_Z = 0.5
 LOCAL_BLEND = 0.75
 
 
-# The most weight a validated site's average of its blends keeps when it adds one (``next_search_model``):
-# at 0.8 a round's blend counts about as much as the five before it. Picked on the reference partition of
-# Wiki (seed 0, round 20; every site picked its blend every round): no average 0.846 / 0.763 per-site / global;
-# plain exponential averages, without the 1 : 2 : 3 start, 0.848 / 0.768 at 0.5 and 0.863 / 0.778 at 0.8; 0.8
-# with the start 0.863 / 0.775, which keeps the early rounds (round 4: 0.858 against 0.836 without it).
-SEARCH_AVERAGE = 0.8
+# The most weight a validated site's average of its blends keeps when it adds one (``next_search_model``).
+# 1, no cap: the plain mean of every blend picked. On Wiki (32 bits, 3 seeds, round 20, per-site / global),
+# against the previous 0.8 with the blends weighing 1 : 2 : 3 ...: Dirichlet alpha 0.1 0.885 / 0.801 against
+# 0.874 / 0.807, the reference partition 0.858 / 0.769 against 0.853 / 0.765, tf-idf 0.925 / 0.873 against
+# 0.927 / 0.860, alpha 10 0.702 / 0.688 against 0.703 / 0.689; alpha 0.5 costs, 0.734 / 0.662 against
+# 0.747 / 0.678, inside its seed spread. No mean fell by more than 0.004 from round 10 to 20 (before: -0.011
+# per-site at alpha 0.1, -0.017 global on tf-idf). docs/BENCHMARKS.md, "The mean of every blend".
+SEARCH_AVERAGE = 1.0
 
 
 class SearchChoice(NamedTuple):
@@ -121,20 +125,20 @@ def next_search_model(average: SearchAverage, choice: SearchChoice, *,
 
     - The choice kept the aggregate (``choice.state`` None): the aggregate (None), which has seen every site's
       records and is the newest; the average is kept, unchanged, for the site's next blend.
-    - The choice is the blend: ``w`` x the average + (1 - ``w``) x the blend, ``w = min(cap, n / (n + 2))``
-      for the ``n`` blends already in the average. ``n / (n + 2)`` weighs the ``r``-th blend in proportion
-      to ``r`` (1 : 2 : 3 ...), so the first, poorly trained rounds fade; past ``cap`` the average decays
-      exponentially. ``cap`` 0 searches with this round's blend alone.
+    - The choice is the blend: ``w`` x the average + (1 - ``w``) x the blend, ``w = min(cap, n / (n + 1))``
+      for the ``n`` blends already in the average. Without a cap (``cap`` 1, the default) that is the plain
+      mean of every blend picked; once ``n / (n + 1)`` passes a lower ``cap`` the average decays exponentially;
+      ``cap`` 0 searches with this round's blend alone.
 
     The state returned is the new average's own (one object, which nothing mutates); neither aliases the
     inputs.
     """
-    if not 0.0 <= cap < 1.0:
-        raise DataError(f"the averaging cap must lie in [0, 1), not {cap}")
+    if not 0.0 <= cap <= 1.0:
+        raise DataError(f"the averaging cap must lie in [0, 1], not {cap}")
     if choice.state is None:
         return None, average
     n = average.rounds if average.state is not None else 0
-    weight = min(cap, n / (n + 2))
+    weight = min(cap, n / (n + 1))
     state = {k: v.clone() for k, v in choice.state.items()} if weight == 0.0 else \
         blend_states(average.state, choice.state, 1.0 - weight)
     return state, SearchAverage(state, n + 1)

@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "validated needs --val-fraction > 0, else it keeps the aggregate; default: %(default)s)")
     p.add_argument("--search-average", type=float, default=SEARCH_AVERAGE, metavar="CAP",
                    help="with --search-model validated, a site that picks the blend searches with the average "
-                        "of its blends over the rounds, its r-th blend weighing r and the ones before together "
-                        "at most CAP (0: each round's blend alone; the daemons use the default; "
+                        "of its blends over the rounds, the ones before its newest weighing together at most CAP "
+                        "(1: the mean of every blend; 0: each round's blend alone; the daemons use the default; "
                         "pfmh_model/search_choice.py; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the split and the initial weights (default: %(default)s)")

@@ -37,5 +37,5 @@ def test_weights_outside_zero_to_one_are_refused(capsys: pytest.CaptureFixture[s
         main(["--data", "synthetic:tiny", "--weights", "1.5"])
     assert "--weights must lie in [0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--data", "synthetic:tiny", "--search-average", "1"])
-    assert "--search-average must lie in [0, 1)" in capsys.readouterr().err
+        main(["--data", "synthetic:tiny", "--search-average", "1.5"])
+    assert "--search-average must lie in [0, 1]" in capsys.readouterr().err

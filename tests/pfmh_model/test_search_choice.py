@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pfmh_model.errors import DataError
+from pfmh_model.errors import ConfigError, DataError
 from pfmh_model.federation import Federation, FederationConfig, Method, ShareMode
 from pfmh_model.partition import hold_out, partition_dataset
 from pfmh_model.search_choice import (
@@ -82,7 +82,7 @@ def test_the_local_model_must_win_by_more_than_the_noise() -> None:
         choose_search_model(np.zeros(3), np.zeros(4))
 
 
-def test_the_average_weighs_each_blend_by_its_number_up_to_the_cap() -> None:
+def test_the_average_is_the_mean_of_the_blends_and_a_cap_makes_it_exponential() -> None:
     # Prepare: one weight; rounds 1..7 pick the blends 1, 2, 3, 4 with the aggregate in between
     def blend(r: float) -> SearchChoice:
         return SearchChoice(SearchModel.LOCAL, {"w": torch.tensor([float(r)]), "num_batches_tracked": torch.tensor(r)},
@@ -98,20 +98,21 @@ def test_the_average_weighs_each_blend_by_its_number_up_to_the_cap() -> None:
         else:
             assert searched is average.state
             seen.append(float(searched["w"]))
-    # Assert: the blends weigh 1 : 2 : 3 : 4 (the 4th's w = 3 / 5 < 0.8), i.e. (1 + 4 + 9 + 16) / 10 = 3 after
-    # the 4th; from the 9th on (w = 8 / 10) the cap binds
-    linear = [sum(i * i for i in range(1, r + 1)) / sum(range(1, r + 1)) for r in range(1, 5)]
-    np.testing.assert_allclose(seen, linear, rtol=1e-6)
+    # Assert: by default (no cap) the running mean of the blends picked: 1, 1.5, 2, 2.5
+    assert SEARCH_AVERAGE == 1.0
+    np.testing.assert_allclose(seen, [1.0, 1.5, 2.0, 2.5], rtol=1e-6)
     assert average.rounds == 4 and int(average.state["num_batches_tracked"]) == 4  # counts are this blend's
-    # the cap: an average of 10 blends keeps SEARCH_AVERAGE of itself (not 10 / 12); 0 is the blend alone
+    # a cap below n / (n + 1): an average of 10 blends keeps 0.8 of itself (not 10 / 11); 0 is the blend alone
     ten = SearchAverage({"w": torch.tensor([0.0]), "num_batches_tracked": torch.tensor(0)}, 10)
     step, after = next_search_model(ten, blend(1))
-    assert float(step["w"]) == pytest.approx(1 - SEARCH_AVERAGE) and after.rounds == 11
+    assert float(step["w"]) == pytest.approx(1 / 11) and after.rounds == 11
+    capped, _ = next_search_model(ten, blend(1), cap=0.8)
+    assert float(capped["w"]) == pytest.approx(0.2)
     chosen = blend(7)
     alone, _ = next_search_model(ten, chosen, cap=0.0)
     assert float(alone["w"]) == 7.0 and alone["w"] is not chosen.state["w"]
-    with pytest.raises(DataError, match=r"\[0, 1\)"):
-        next_search_model(ten, chosen, cap=1.0)
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        next_search_model(ten, chosen, cap=1.5)
 
 
 def _run(sites, validation, search_model: SearchModel, rounds: int = 3, *,  # noqa: ANN001, ANN202
@@ -168,19 +169,17 @@ def test_a_validated_site_searches_with_the_average_of_its_blends_over_the_round
     single.run(on_round=keep)
     # Execute: the default run
     averaged, result = _run(sites, validation, SearchModel.VALIDATED, rounds=3)
-    # Assert: a site whose last pick is a blend searches with (1 x its 1st blend + 2 x its 2nd + ...) / (1 + 2 +
-    # ...); one whose last pick is the aggregate searches with the aggregate; rounds that kept the aggregate
-    # are not in the average
+    # Assert: a site whose last pick is a blend searches with the mean of its blends; one whose last pick is the
+    # aggregate searches with the aggregate; rounds that kept the aggregate are not in the average
     assert [a.rounds for a in averaged.search_averages] == [len(b) for b in blends]
     assert any(len(b) >= 2 for b in blends)  # the average is exercised
     for k in range(len(sites)):
         if not last[k]:
             assert averaged.search_states[k] is None
             continue
-        weights = range(1, len(blends[k]) + 1)
         for key, value in averaged.search_states[k].items():
             if value.is_floating_point():
-                expected = sum(w * b[key] for w, b in zip(weights, blends[k], strict=True)) / sum(weights)
+                expected = sum(b[key] for b in blends[k]) / len(blends[k])
                 torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
     assert result.rounds[-1].site_map != _run(sites, validation, SearchModel.VALIDATED, rounds=3,
                                               search_average=0.0)[1].rounds[-1].site_map
@@ -246,3 +245,10 @@ def test_without_validation_slices_validated_searches_with_the_aggregate(split_s
     fed, result = _run(sites, None, SearchModel.VALIDATED, rounds=1)
     assert result.rounds[-1].search_models == ["aggregate"] * 3
     assert fed.search_states == [None] * 3
+
+
+@pytest.mark.parametrize("cap", [-0.1, 1.5])
+def test_a_cap_outside_zero_to_one_is_refused_when_the_config_is_built(cap: float) -> None:
+    with pytest.raises(ConfigError, match=r"search_average must lie in \[0, 1\]"):
+        FederationConfig(method=Method.PFMH, search_average=cap)
+    assert FederationConfig(method=Method.PFMH, search_average=1.0).search_average == 1.0  # no cap: the mean
