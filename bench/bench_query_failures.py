@@ -35,6 +35,7 @@ from pfmh_model.partition import apply_partition, hold_out, partition_indices
 from pfmh_model.trainer_factory import train_config
 
 FAILURE, GOOD = 0.2, 0.9  # band edges of a query's AP
+RARE = 0.05  # a query's class is rare at its site below this share of the site's training records
 
 
 def query_aps(query: np.ndarray, archive: np.ndarray, query_labels: np.ndarray,
@@ -63,6 +64,19 @@ def pooled_aps(codes: list[tuple[np.ndarray, np.ndarray]], sites) -> np.ndarray:
         per_site.append(aps)
     aps = np.concatenate(per_site)
     return aps[~np.isnan(aps)]
+
+
+def training_shares(sites) -> np.ndarray:  # noqa: ANN001
+    """For each counted query (``pooled_aps``' order), the share of its site's training records that share a
+    label with it: how familiar the site's own training was with the query's class."""
+    out = []
+    for site in sites:
+        ql = (site.query.labels > 0).astype(np.int32)
+        counted = (ql @ (site.database.labels > 0).astype(np.int32).T > 0).any(axis=1)
+        train = (ql @ (site.train.labels > 0).astype(np.int32).T > 0).mean(axis=1) if len(site.train.labels) else \
+            np.zeros(len(ql))
+        out.append(train[counted])
+    return np.concatenate(out)
 
 
 def describe(name: str, codes, sites) -> np.ndarray:  # noqa: ANN001
@@ -104,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     both = int(np.sum((ridge < FAILURE) & (pfmh < FAILURE)))
     print(f"failures (AP < {FAILURE}): both {both}, pfmh only {int(np.sum((pfmh < FAILURE) & (ridge >= FAILURE)))}, "
           f"ridge only {int(np.sum((ridge < FAILURE) & (pfmh >= FAILURE)))}")
+    rare = training_shares(sites) < RARE
+    for name, aps in (("ridge-central", ridge), ("pfmh", pfmh)):
+        print(f"{name:<14} failure rate: {np.mean(aps[rare] < FAILURE):.3f} of the {int(rare.sum())} queries whose "
+              f"class is under {RARE:.0%} of their site's training records, {np.mean(aps[~rare] < FAILURE):.3f} of "
+              f"the {int((~rare).sum())} others", flush=True)
     return 0
 
 

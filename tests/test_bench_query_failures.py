@@ -37,3 +37,17 @@ def test_a_missing_dataset_is_one_line(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["--data", "/nonexistent/file.h5"])
     assert "--data /nonexistent/file.h5" in capsys.readouterr().err
+
+
+def test_training_shares_count_the_sites_own_training_records() -> None:
+    from types import SimpleNamespace
+
+    from bench.bench_query_failures import training_shares
+
+    # Arrange: one site, 4 training records (3 of class 0), queries of class 0, 1 and 2; class 2 not in the archive
+    def split(labels):  # noqa: ANN001, ANN202
+        return SimpleNamespace(labels=np.array(labels))
+    site = SimpleNamespace(train=split([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]]),
+                           database=split([[1, 0, 0], [0, 1, 0]]), query=split([[1, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    # Assert: the uncounted query (nothing relevant in the archive) is left out, as in pooled_aps
+    np.testing.assert_allclose(training_shares([site]), [0.75, 0.25])
