@@ -10,6 +10,8 @@ federation with the production defaults (as ``bench/bench_accuracy.py`` runs it)
   below 0.2 ("failures"), between 0.2 and 0.9, and at least 0.9, and the mAP each band costs, i.e. the sum of
   ``1 - AP`` over its queries divided by all queries;
 - how many failures the two methods share and how many are one method's alone.
+- each method's failure rate among the queries whose class is rare at their site (under ``RARE`` of the
+  site's training records share a label with them) and among the others.
 
 Each query's AP follows ``pfmh_model.evaluation``'s definition (stable Hamming ranking, all ranks); the
 script checks that their per-site means equal ``mean_average_precision`` before it prints.
