@@ -9,12 +9,13 @@ federation with the production defaults (as ``bench/bench_accuracy.py`` runs it)
 - each query's AP against its own site's archive, pooled over the sites: the share of queries with AP
   below 0.2 ("failures"), between 0.2 and 0.9, and at least 0.9, and the mAP each band costs, i.e. the sum of
   ``1 - AP`` over its queries divided by all queries;
-- how many failures the two methods share and how many are one method's alone.
+- how many failures the two methods share and how many are one method's alone;
 - each method's failure rate among the queries whose class is rare at their site (under ``RARE`` of the
   site's training records share a label with them) and among the others.
 
-Each query's AP follows ``pfmh_model.evaluation``'s definition (stable Hamming ranking, all ranks); the
-script checks that their per-site means equal ``mean_average_precision`` before it prints.
+Each query's AP follows ``pfmh_model.evaluation``'s definition (its relevance, the stable Hamming ranking of
+``pfmh_model.retrieval``, all ranks); the script checks that their per-site means equal
+``mean_average_precision`` before it prints.
 
     python bench/bench_query_failures.py --data ../shared/data/wiki_tfidf.h5 --bits 128 --seed 0
 """
@@ -29,11 +30,12 @@ import torch
 from pfmh_model.baselines import baseline_codes
 from pfmh_model.data import load_h5
 from pfmh_model.errors import DataError
-from pfmh_model.evaluation import mean_average_precision
+from pfmh_model.evaluation import mean_average_precision, relevance
 from pfmh_model.federation import Federation, FederationConfig, Method, site_and_global_map
 from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_VALIDATION_FRACTION, ShareMode
-from pfmh_model.packed_codes import binarize_codes
+from pfmh_model.packed_codes import pack_codes
 from pfmh_model.partition import apply_partition, hold_out, partition_indices
+from pfmh_model.retrieval import hamming_rank
 from pfmh_model.trainer_factory import train_config
 
 FAILURE, GOOD = 0.2, 0.9  # band edges of a query's AP
@@ -42,13 +44,14 @@ RARE = 0.05  # a query's class is rare at its site below this share of the site'
 
 def query_aps(query: np.ndarray, archive: np.ndarray, query_labels: np.ndarray,
               archive_labels: np.ndarray) -> np.ndarray:
-    """Each query's AP over the full stable Hamming ranking; NaN for a query with no relevant item."""
-    q, db = binarize_codes(query), binarize_codes(archive)
-    relevant_all = (query_labels > 0).astype(np.int32) @ (archive_labels > 0).astype(np.int32).T > 0
-    out = np.full(len(q), np.nan)
-    for i in range(len(q)):
-        order = np.argsort((q[i] != db).sum(axis=1), kind="stable")
-        rel = relevant_all[i][order]
+    """Each query's AP over the full Hamming ranking (``retrieval.hamming_rank``); NaN for a query with no
+    relevant item (``evaluation.relevance``)."""
+    out = np.full(len(query), np.nan)
+    if len(query) == 0 or len(archive) == 0:
+        return out
+    ranked = relevance(query_labels, archive_labels)
+    order = hamming_rank(pack_codes(query), pack_codes(archive))
+    for i, rel in enumerate(np.take_along_axis(ranked, order, axis=1)):
         if rel.any():
             hits = np.cumsum(rel)[rel]
             out[i] = float(np.mean(hits / (np.flatnonzero(rel) + 1)))
@@ -73,11 +76,10 @@ def training_shares(sites) -> np.ndarray:  # noqa: ANN001
     label with it: how familiar the site's own training was with the query's class."""
     out = []
     for site in sites:
-        ql = (site.query.labels > 0).astype(np.int32)
-        counted = (ql @ (site.database.labels > 0).astype(np.int32).T > 0).any(axis=1)
-        train = (ql @ (site.train.labels > 0).astype(np.int32).T > 0).mean(axis=1) if len(site.train.labels) else \
-            np.zeros(len(ql))
-        out.append(train[counted])
+        counted = relevance(site.query.labels, site.database.labels).any(axis=1)
+        familiar = relevance(site.query.labels, site.train.labels).mean(axis=1) if len(site.train.labels) else \
+            np.zeros(len(site.query.labels))
+        out.append(familiar[counted])
     return np.concatenate(out)
 
 

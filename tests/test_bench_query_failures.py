@@ -1,10 +1,13 @@
-"""The per-query AP of the query-failure benchmark: a hand-computed case, and its mean is the library's mAP."""
+"""The query-failure benchmark: a hand-computed AP, its mean is the library's mAP, the training shares, and
+a one-line error for a missing dataset."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from bench.bench_query_failures import main, query_aps
+from bench.bench_query_failures import main, query_aps, training_shares
 from pfmh_model.evaluation import mean_average_precision
 
 
@@ -40,10 +43,6 @@ def test_a_missing_dataset_is_one_line(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_training_shares_count_the_sites_own_training_records() -> None:
-    from types import SimpleNamespace
-
-    from bench.bench_query_failures import training_shares
-
     # Arrange: one site, 4 training records (3 of class 0), queries of class 0, 1 and 2; class 2 not in the archive
     def split(labels):  # noqa: ANN001, ANN202
         return SimpleNamespace(labels=np.array(labels))
