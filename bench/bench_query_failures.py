@@ -32,7 +32,7 @@ from pfmh_model.data import load_h5
 from pfmh_model.errors import DataError
 from pfmh_model.evaluation import mean_average_precision, relevance
 from pfmh_model.federation import Federation, FederationConfig, Method, site_and_global_map
-from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_VALIDATION_FRACTION, ShareMode
+from pfmh_model.methods import DEFAULT_SEARCH_MODEL, DEFAULT_VALIDATION_FRACTION, SearchModel, ShareMode
 from pfmh_model.packed_codes import pack_codes
 from pfmh_model.partition import apply_partition, hold_out, partition_indices
 from pfmh_model.retrieval import hamming_rank
@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=int, default=128, help="code length (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=20, help="rounds (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=10, help="personal and shared epochs (default: %(default)s)")
+    p.add_argument("--search-model", choices=[m.value for m in SearchModel], default=DEFAULT_SEARCH_MODEL.value,
+                   help="what each pfmh site searches with (default: %(default)s, the production default)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -110,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--data {args.data}: {exc}")
     index = partition_indices(dataset, num_sites=10, alpha=args.alpha, seed=args.seed)
     sites, validation = hold_out(apply_partition(dataset, index), DEFAULT_VALIDATION_FRACTION, seed=args.seed)
-    print(f"{dataset.name}, alpha {args.alpha}, seed {args.seed}, {args.bits} bits, round {args.rounds}", flush=True)
+    print(f"{dataset.name}, alpha {args.alpha}, seed {args.seed}, {args.bits} bits, round {args.rounds}, "
+          f"pfmh searching with: {args.search_model}", flush=True)
     ridge = describe("ridge-central", baseline_codes("ridge-central", sites, bits=args.bits, seed=args.seed), sites)
     train = train_config({"personal_epochs": args.epochs, "shared_epochs": args.epochs, "bits": args.bits,
                           "seed": args.seed})
     cfg = FederationConfig(method=Method.PFMH, rounds=args.rounds, train=train, eval_every=args.rounds,
-                           share_mode=ShareMode.PROTOTYPES_AND_MODEL, search_model=DEFAULT_SEARCH_MODEL)
+                           share_mode=ShareMode.PROTOTYPES_AND_MODEL, search_model=SearchModel(args.search_model))
     federation = Federation(sites, cfg, validation=validation)
     federation.run()
     pfmh = describe("pfmh", federation.site_codes(), sites)
