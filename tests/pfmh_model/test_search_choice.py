@@ -226,18 +226,20 @@ def test_worker_processes_choose_as_one_process_does(split_sites, select: bool) 
     # batched steps, so near-ties may break differently)
     for a, b in zip(runs[0].rounds, runs[1].rounds, strict=True):
         assert a.search_models == b.search_models
-        # mAP of binary codes: 0.02, since a blended search model (``LOCAL_BLEND``) puts more codes near 0, where
-        # rounding flips a bit, and a site here has ~12 held-out records (seen: 0.012); the continuous scores
-        # below are held to 1e-3
-        np.testing.assert_allclose(a.val_site_map, b.val_site_map, atol=0.02)
+        # mAP of binary codes: 0.05, since a blended search model (``LOCAL_BLEND``) puts more codes near 0, where
+        # rounding flips a bit, and a site here has ~12 held-out records; the continuous scores below: 5e-3. The
+        # rounding, and so the gap, depends on the CPU: seen 0.012 / under 1e-3 on one VM, 0.023 / 1.1e-3 (round
+        # 3) on another. A run whose workers diverge for a real reason makes other choices (asserted exactly above)
+        # and scores apart by far more.
+        np.testing.assert_allclose(a.val_site_map, b.val_site_map, atol=0.05)
         for run in runs if select else ():
             history = [rec.val_site_map for rec in run.rounds[:a.round]]
             chosen = run.rounds[a.round - 1].selected_round
             for k in range(len(sites)):
                 assert history[chosen[k] - 1][k] == max(h[k] for h in history)
-        np.testing.assert_allclose(a.site_map, b.site_map, atol=0.02)
+        np.testing.assert_allclose(a.site_map, b.site_map, atol=0.05)
         np.testing.assert_allclose([x for pair in a.search_scores for x in pair],
-                                   [x for pair in b.search_scores for x in pair], atol=1e-3)
+                                   [x for pair in b.search_scores for x in pair], atol=5e-3)
 
 
 def test_without_validation_slices_validated_searches_with_the_aggregate(split_sites) -> None:
